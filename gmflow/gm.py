@@ -1,0 +1,221 @@
+"""Gaussian mixtures with one shared isotropic variance, and their algebra.
+
+Shapes (SPEC Part A, Sec. 0). A sample tensor is ``(B, C, *S)`` where ``S`` is the spatial shape (``(H, W)`` for
+images, empty for 2D points). A mixture over such tensors stores
+
+- ``means``      ``(B, K, C, *S)``
+- ``logweights`` ``(B, K, 1, *S)``, normalised over K (log_softmax)
+- ``logstds``    ``(B, 1, 1, *1)``: one log standard deviation per sample, shared by K, C and every pixel.
+
+Each pixel ``p`` carries an independent mixture over its C channels:
+``q(x_p) = sum_k A_{k,p} N(x_p; mu_{k,p}, s^2 I_C)`` (Eq. 4 of Chen et al. 2025).
+
+Weights always stay in the log domain; denominators are floored at ``EPS`` as in the reference implementation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+EPS = 1e-6
+
+
+def bcast(v: Tensor | float, ndim: int) -> Tensor:
+    """Reshape a per-sample value ``(B,)`` (or a scalar) to ``(B, 1, ..., 1)`` with ``ndim`` dimensions.
+
+    The single broadcasting helper of the project: 2D toys (``ndim = 2``) and images (``ndim = 4``) use the same code.
+    """
+    v = torch.as_tensor(v)
+    if v.dim() == 0:
+        return v.reshape((1,) * ndim)
+    return v.reshape(v.shape[0], *((1,) * (ndim - 1)))
+
+
+def sample_dims(x: Tensor) -> tuple[int, ...]:
+    """Dimensions C, *S of a sample tensor (B, C, *S): the per-sample reduction of Eq. 13-14."""
+    return tuple(range(1, x.dim()))
+
+
+def pixel_dims(x: Tensor) -> tuple[int, ...]:
+    """Spatial dimensions *S of a sample tensor (B, C, *S) (empty for 2D points)."""
+    return tuple(range(2, x.dim()))
+
+
+@dataclass(frozen=True)
+class IsoGaussian:
+    """An isotropic Gaussian over sample tensors.
+
+    Attributes:
+        mean: ``(B, C, *S)``.
+        var: variance broadcastable to ``(B, 1, *S)``: per pixel or one value per sample.
+    """
+
+    mean: Tensor
+    var: Tensor
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """Log-density of ``x (B, C, *S)`` summed over channels, per pixel: ``(B, *S)``."""
+        c = x.shape[1]
+        var = self.var.clamp(min=EPS)
+        sq = (x - self.mean).square().sum(1, keepdim=True) / var
+        out = -0.5 * (sq + c * torch.log(2 * math.pi * var))
+        return out.squeeze(1)
+
+
+@dataclass(frozen=True)
+class GaussianMixture:
+    """Pixel-wise Gaussian mixture with one shared isotropic variance per sample (see module docstring)."""
+
+    means: Tensor
+    logweights: Tensor
+    logstds: Tensor
+
+    def __post_init__(self):
+        if self.means.dim() < 3:
+            raise ValueError(f"means must be (B, K, C, *S), got shape {tuple(self.means.shape)}")
+        if self.logweights.shape[:2] != self.means.shape[:2] or self.logweights.shape[2] != 1:
+            raise ValueError(
+                f"logweights must be (B, K, 1, *S) matching means {tuple(self.means.shape)}, "
+                f"got {tuple(self.logweights.shape)}"
+            )
+
+    @property
+    def num_components(self) -> int:
+        return self.means.shape[1]
+
+    @property
+    def num_channels(self) -> int:
+        return self.means.shape[2]
+
+    @property
+    def var(self) -> Tensor:
+        """Shared component variance ``s^2``, ``(B, 1, 1, *1)``."""
+        return torch.exp(2 * self.logstds)
+
+    def to(self, dtype: torch.dtype) -> GaussianMixture:
+        return GaussianMixture(self.means.to(dtype), self.logweights.to(dtype), self.logstds.to(dtype))
+
+    def weights(self) -> Tensor:
+        return torch.softmax(self.logweights, dim=1)
+
+    def mean(self) -> Tensor:
+        """Mixture mean ``sum_k A_k mu_k``: ``(B, C, *S)``."""
+        return (self.weights() * self.means).sum(1)
+
+    def iso_gaussian(self) -> IsoGaussian:
+        """Moment-matched isotropic Gaussian per pixel (SPEC Sec. 0; Appendix A.1 of the paper).
+
+        ``m_p = sum_k A_k mu_k``, ``v_p = (1/C) sum_k A_k ||mu_k - m_p||^2 + s^2`` (one scalar per pixel).
+
+        Returns:
+            IsoGaussian with mean ``(B, C, *S)`` and var ``(B, 1, *S)``.
+        """
+        w = self.weights()
+        m = (w * self.means).sum(1)
+        spread = (w * (self.means - m.unsqueeze(1)).square()).sum(1).mean(1, keepdim=True)
+        return IsoGaussian(m, spread + self.var.squeeze(1))
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """Exact log-density of ``x (B, C, *S)`` per pixel (channels summed): ``(B, *S)``."""
+        c = self.num_channels
+        sq = (x.unsqueeze(1) - self.means).square().sum(2, keepdim=True)
+        logstds = self.logstds
+        comp = self.logweights - 0.5 * sq * torch.exp(-2 * logstds) - c * (logstds + 0.5 * math.log(2 * math.pi))
+        return torch.logsumexp(comp, dim=1).squeeze(1)
+
+    def sample(self, generator: torch.Generator | None = None) -> Tensor:
+        """Draw one sample per pixel: a component by its weight (Gumbel-max), plus ``s * N(0, I)``.
+
+        Returns:
+            ``(B, C, *S)``.
+        """
+        lw = self.logweights
+        uni = torch.rand(lw.shape, generator=generator, device=lw.device, dtype=lw.dtype)
+        gumbel = -torch.log(-torch.log(uni.clamp(min=1e-20, max=1 - 1e-7)))
+        k = torch.argmax(lw + gumbel, dim=1, keepdim=True)  # (B, 1, 1, *S)
+        k = k.expand(-1, -1, self.num_channels, *([-1] * (lw.dim() - 3)))
+        mu = torch.gather(self.means, 1, k).squeeze(1)
+        noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        return mu + torch.exp(self.logstds.squeeze(1)) * noise
+
+
+def u_to_x0(gm_u: GaussianMixture, x_t: Tensor, sigma: Tensor) -> GaussianMixture:
+    """Convert a velocity GM to the x0-space GM through ``x0 = x_t - sigma u`` (SPEC Sec. 0).
+
+    ``mu^x_k = x_t - sigma mu_k``, ``log s_x = log s + log max(sigma, 1e-6)``; weights unchanged.
+
+    Args:
+        gm_u: GM over ``u = eps - x0`` at noise level ``sigma``.
+        x_t: ``(B, C, *S)``.
+        sigma: ``(B,)`` or scalar, in [0, 1].
+    """
+    s = bcast(sigma, x_t.dim()).to(x_t)
+    means = x_t.unsqueeze(1) - s.unsqueeze(1) * gm_u.means
+    logstds = gm_u.logstds + torch.log(s.clamp(min=EPS)).unsqueeze(1)
+    return GaussianMixture(means, gm_u.logweights, logstds)
+
+
+def gaussian_ratio(g_num: IsoGaussian, g_den: IsoGaussian) -> IsoGaussian:
+    """Ratio of two isotropic Gaussians ``N(m1, v1) / N(m2, v2)`` (conflation with powers (1, -1), SPEC Sec. 3.3/4).
+
+    ``v_r = v1 v2 / (v2 - v1)``, ``m_r = (v2 m1 - v1 m2) / (v2 - v1)``, the denominator floored at 1e-6. Valid when
+    ``v1 < v2`` (the ratio is then an unnormalised Gaussian).
+    """
+    den = (g_den.var - g_num.var).clamp(min=EPS)
+    var = g_num.var * g_den.var / den
+    mean = (g_den.var * g_num.mean - g_num.var * g_den.mean) / den
+    return IsoGaussian(mean, var)
+
+
+def gm_mul_gaussian(gm: GaussianMixture, g: IsoGaussian) -> GaussianMixture:
+    """Renormalised product of a GM with an isotropic Gaussian (Appendix D.2 of the paper; SPEC Sec. 3.3).
+
+    Per component, with shared variance ``s^2`` and Gaussian ``N(m_r, v_r)``:
+    mean ``(v_r mu_k + s^2 m_r) / (v_r + s^2)``, variance ``s^2 v_r / (s^2 + v_r)``,
+    logit ``log A_k - ||mu_k - m_r||^2 / (2 (v_r + s^2))``, then log_softmax over k.
+
+    ``g.var`` must be one value per sample (``(B, 1, *1)``) so that the product keeps a shared variance.
+    """
+    s2 = gm.var  # (B, 1, 1, *1)
+    v_r = g.var.unsqueeze(1)  # (B, 1, 1, *1)
+    if v_r.shape[3:].numel() != 1:
+        raise ValueError("gm_mul_gaussian needs one Gaussian variance per sample to keep a shared GM variance")
+    m_r = g.mean.unsqueeze(1)  # (B, 1, C, *S)
+    den = (v_r + s2).clamp(min=EPS)
+    means = (v_r * gm.means + s2 * m_r) / den
+    var = s2 * v_r / den
+    logits = gm.logweights - (gm.means - m_r).square().sum(2, keepdim=True) / (2 * den)
+    return GaussianMixture(means, torch.log_softmax(logits, dim=1), 0.5 * torch.log(var.clamp(min=1e-30)))
+
+
+def gm_recondition(
+    gm_src: GaussianMixture, x_src: Tensor, sigma_src: Tensor, x_tgt: Tensor, sigma_tgt: Tensor
+) -> GaussianMixture:
+    """Re-condition an x0-space GM from ``(x_src, sigma_src)`` to ``(x_tgt, sigma_tgt)`` (SPEC Sec. 3.5; Eq. 11).
+
+    ``q(x0 | x_tgt) ∝ q(x0 | x_src) N(x_tgt; a_tgt x0, s_tgt^2) / N(x_src; a_src x0, s_src^2)``. The likelihood ratio is
+    a Gaussian in x0 with precision ``zeta = (a_tgt/s_tgt)^2 - (a_src/s_src)^2`` and natural mean
+    ``nu = a_tgt x_tgt / s_tgt^2 - a_src x_src / s_src^2``. Per component (shared var v):
+    ``mean' = (v nu + mu_k) / (v zeta + 1)``, ``var' = v / (v zeta + 1)``,
+    ``logit' = log A_k + (mu_k . nu - zeta ||mu_k||^2 / 2) / (v zeta + 1)``.
+    Requires ``sigma_tgt < sigma_src`` (zeta > 0). Sigmas are floored at 1e-6.
+    """
+    nd = x_src.dim()
+    s_src = bcast(sigma_src, nd).to(x_src).clamp(min=EPS)
+    s_tgt = bcast(sigma_tgt, nd).to(x_src).clamp(min=EPS)
+    a_src, a_tgt = 1 - s_src, 1 - s_tgt
+    zeta = (a_tgt / s_tgt).square() - (a_src / s_src).square()  # (B, 1, *1)
+    nu = a_tgt * x_tgt / s_tgt.square() - a_src * x_src / s_src.square()  # (B, C, *S)
+    zeta, nu = zeta.unsqueeze(1), nu.unsqueeze(1)
+    v = gm_src.var
+    den = (v * zeta + 1).clamp(min=EPS)
+    means = (v * nu + gm_src.means) / den
+    quad = (gm_src.means * nu).sum(2, keepdim=True) - 0.5 * zeta * gm_src.means.square().sum(2, keepdim=True)
+    logits = gm_src.logweights + quad / den
+    logstds = gm_src.logstds - 0.5 * torch.log(den)
+    return GaussianMixture(means, torch.log_softmax(logits, dim=1), logstds)
+

@@ -1,0 +1,124 @@
+"""Probabilistic guidance and vanilla CFG on x0-space GMs (SPEC Sec. 3.3; Sec. 3.3 of Chen et al. 2025)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from gmflow.gm import (
+    EPS,
+    GaussianMixture,
+    IsoGaussian,
+    gaussian_ratio,
+    gm_mul_gaussian,
+    pixel_dims,
+    sample_dims,
+    u_to_x0,
+)
+
+
+@dataclass(frozen=True)
+class GMPrediction:
+    """What a GM solver receives at one network evaluation, in x0 space.
+
+    Attributes:
+        gm: the x0-space GM to sample from (the guided one when guidance is on).
+        base: the unguided conditional x0 GM (probabilistic guidance only; the 2nd-order solver extrapolates it).
+        base_gaussian: its surrogate ``N(m_c, v_c)`` with the variance averaged over pixels (per sample).
+        bias: the guidance bias ``b`` ``(B, C, *S)``.
+        target: the guidance target ``N(m_c + b, (1 - w~^2) v_c)``.
+        scale: the guidance scale ``w~``.
+    """
+
+    gm: GaussianMixture
+    base: GaussianMixture | None = None
+    base_gaussian: IsoGaussian | None = None
+    bias: Tensor | None = None
+    target: IsoGaussian | None = None
+    scale: float = 0.0
+
+
+def pixel_averaged_gaussian(gm: GaussianMixture) -> IsoGaussian:
+    """Isotropic surrogate of a GM with its variance averaged over pixels: one variance per sample ``(B, 1, *1)``."""
+    g = gm.iso_gaussian()
+    dims = pixel_dims(g.mean)
+    var = g.var.mean(dim=dims, keepdim=True) if dims else g.var
+    return IsoGaussian(g.mean, var)
+
+
+def orthogonal_projection(delta: Tensor, axis: Tensor, orthogonal: float = 1.0) -> Tensor:
+    """Remove ``orthogonal`` times the component of ``delta`` along ``axis``, per sample (Sadat et al. 2025).
+
+    ``delta - o <delta, axis> / max(<axis, axis>, 1e-6) axis`` with ``<.,.>`` the mean over ``C, *S``.
+    """
+    if orthogonal == 0:
+        return delta
+    dims = sample_dims(delta)
+    coef = (delta * axis).mean(dims, keepdim=True) / (axis * axis).mean(dims, keepdim=True).clamp(min=EPS)
+    return delta - orthogonal * coef * axis
+
+
+def probabilistic_guidance(
+    gm_cond: GaussianMixture, mean_uncond: Tensor, scale: float, orthogonal: float = 1.0
+) -> GMPrediction:
+    """Probabilistic guidance (SPEC Sec. 3.3).
+
+    With the conditional surrogate ``N(m_c, v_c)`` (variance averaged over pixels) and ``Delta = m_c - m_u``
+    (orthogonally projected against ``m_c``), the bias is ``b = w~ sqrt(v_c / mean(Delta^2)) Delta`` so that
+    ``RMS(b) = w~ sqrt(v_c)``. The target is ``N(m_c + b, (1 - w~^2) v_c)`` and the guided GM is
+    ``G_c x N_target / N(m_c, v_c)``, renormalised.
+
+    Args:
+        gm_cond: conditional x0-space GM.
+        mean_uncond: unconditional x0 mean ``(B, C, *S)``.
+        scale: ``w~`` in [0, 1).
+        orthogonal: projection factor ``o`` (0 disables it).
+    """
+    if not 0 <= scale < 1:
+        raise ValueError(f"probabilistic guidance scale w~ must be in [0, 1), got {scale}")
+    base_gaussian = pixel_averaged_gaussian(gm_cond)
+    m_c, v_c = base_gaussian.mean, base_gaussian.var
+    delta = orthogonal_projection(m_c - mean_uncond, m_c, orthogonal)
+    power = delta.square().mean(sample_dims(delta), keepdim=True)
+    bias = delta * (scale * (v_c / power.clamp(min=EPS)).sqrt())
+    target = IsoGaussian(m_c + bias, v_c * (1 - scale * scale))
+    gm = gm_mul_gaussian(gm_cond, gaussian_ratio(target, base_gaussian)) if scale > 0 else gm_cond
+    return GMPrediction(gm=gm, base=gm_cond, base_gaussian=base_gaussian, bias=bias, target=target, scale=scale)
+
+
+def gm_cfg(gm_cond: GaussianMixture, mean_uncond: Tensor, scale: float, orthogonal: float = 0.0) -> GMPrediction:
+    """Vanilla CFG on a GM: shift every conditional component by ``(w - 1)(m_c - m_u)`` (ablation A3 of Table 4).
+
+    The variance and weights are unchanged; ``w = 1`` is no guidance.
+    """
+    m_c = gm_cond.mean()
+    delta = orthogonal_projection(m_c - mean_uncond, m_c, orthogonal)
+    shift = (scale - 1) * delta
+    gm = GaussianMixture(gm_cond.means + shift.unsqueeze(1), gm_cond.logweights, gm_cond.logstds)
+    return GMPrediction(gm=gm)
+
+
+def guided_gm_prediction(
+    gm_cond_u: GaussianMixture,
+    gm_uncond_u: GaussianMixture | None,
+    x_t: Tensor,
+    sigma: Tensor,
+    mode: str = "none",
+    scale: float = 0.0,
+    orthogonal: float = 1.0,
+) -> GMPrediction:
+    """Convert velocity GMs to x0 space and apply the guidance ``mode`` (``none``, ``probabilistic`` or ``cfg``)."""
+
+    gm_c = u_to_x0(gm_cond_u.to(torch.float32), x_t.float(), sigma)
+    if mode == "none":
+        return GMPrediction(gm=gm_c)
+    if gm_uncond_u is None:
+        raise ValueError(f"guidance mode {mode!r} needs an unconditional prediction")
+    m_u = u_to_x0(gm_uncond_u.to(torch.float32), x_t.float(), sigma).mean()
+    if mode == "probabilistic":
+        return probabilistic_guidance(gm_c, m_u, scale, orthogonal)
+    if mode == "cfg":
+        return gm_cfg(gm_c, m_u, scale, orthogonal)
+    raise ValueError(f"unknown GM guidance mode {mode!r}; choose none, probabilistic or cfg")
