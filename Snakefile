@@ -1,0 +1,23 @@
+# GMFlow benchmark and replication suite: wiring only. Stages live in workflow/rules/*.smk.
+# Run: snakemake --cores all            (default config: config/config.yaml)
+#      snakemake --cores all --configfile config/ci.yaml   (tiny CI configuration)
+
+
+# The default configuration applies only when no --configfile is given (no silent merging of two configs).
+if not config:
+
+    configfile: "config/config.yaml"
+
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/sample.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        rules.report_2d.output,

@@ -1,0 +1,98 @@
+"""Files: atomic writes, safetensors checkpoints, and the provenance record written beside every output."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+TRACKED_PACKAGES = ("torch", "numpy", "diffusers", "snakemake", "safetensors", "scikit-learn", "torch-fidelity")
+
+
+def atomic_path(path: str | Path):
+    """A temporary path in the same folder; ``os.replace`` it onto ``path`` when complete."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata_: dict | None = None) -> None:
+    """Write ``tensors`` atomically (a killed job never leaves a half-written file)."""
+    tmp = atomic_path(path)
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
+              metadata={k: str(v) for k, v in (metadata_ or {}).items()})
+    os.replace(tmp, path)
+
+
+def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
+
+
+def torch_save_atomic(obj, path: str | Path) -> None:
+    tmp = atomic_path(path)
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def write_json(obj, path: str | Path) -> None:
+    tmp = atomic_path(path)
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def git_commit() -> str:
+    try:
+        root = Path(__file__).resolve().parents[2]
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def provenance(config: dict | None = None, **extra) -> dict:
+    """Resolved config, git commit, package versions and machine: written as JSON beside each output."""
+    versions = {}
+    for pkg in TRACKED_PACKAGES:
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return {
+        "config": config,
+        "git_commit": git_commit(),
+        "python": sys.version.split()[0],
+        "packages": versions,
+        "machine": {"platform": platform.platform(), "processor": platform.machine(),
+                    "torch_threads": torch.get_num_threads()},
+        "command": " ".join(sys.argv),
+        **extra,
+    }
+
+
+def save_npz(path: str | Path, **arrays) -> None:
+    """``np.savez`` to ``path`` atomically."""
+    import numpy as np
+
+    tmp = atomic_path(path)
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, path)
+
+
+def save_csv(df, path: str | Path) -> None:
+    """``DataFrame.to_csv`` to ``path`` atomically."""
+    tmp = atomic_path(path)
+    df.to_csv(tmp, index=False)
+    os.replace(tmp, path)

@@ -1,0 +1,61 @@
+"""One registry of string keys: methods, solvers, guidance modes, datasets, networks and feature extractors.
+
+The same keys are the config schema's enums, the Snakemake wildcard values, the CLI choices and the table labels
+(tests/test_registry.py checks that they agree).
+"""
+
+from __future__ import annotations
+
+from baselines.diffusers_samplers import DIFFUSERS_SOLVERS
+from baselines.samplers import FLOW_SOLVERS as _OWN_FLOW_SOLVERS
+from gmflow.solvers import GM_SOLVERS
+
+METHODS = ("gmflow", "fm")
+FLOW_SOLVERS = {**_OWN_FLOW_SOLVERS, **DIFFUSERS_SOLVERS}
+SOLVERS_BY_METHOD = {"gmflow": GM_SOLVERS, "fm": FLOW_SOLVERS}
+SOLVERS = {**GM_SOLVERS, **FLOW_SOLVERS}
+GUIDANCE = ("none", "probabilistic", "cfg")
+DATASETS_2D = ("checkerboard", "gmm2d")
+DATASETS = DATASETS_2D
+NETWORKS = ("mlp2d",)
+FEATURE_EXTRACTORS = ("coords",)
+TIME_SAMPLERS = ("uniform", "logit-normal")
+
+# Solvers that call the network more than once per step: the sampling driver gives them the most steps that fit
+# the NFE budget and reports the measured count.
+EVALS_PER_STEP = {"heun": 2}
+
+
+def method_of_solver(solver: str) -> str:
+    for method, solvers in SOLVERS_BY_METHOD.items():
+        if solver in solvers:
+            return method
+    raise ValueError(f"unknown solver {solver!r}; choose one of {sorted(SOLVERS)}")
+
+
+def check_solver(method: str, solver: str) -> None:
+    if method not in SOLVERS_BY_METHOD:
+        raise ValueError(f"unknown method {method!r}; choose one of {list(METHODS)}")
+    if solver not in SOLVERS_BY_METHOD[method]:
+        raise ValueError(
+            f"solver {solver!r} does not apply to method {method!r}; choose one of {sorted(SOLVERS_BY_METHOD[method])}"
+        )
+
+
+def steps_for_nfe(solver: str, nfe: int) -> int:
+    """Number of solver steps whose network evaluations fit in ``nfe`` (Heun: ``2N - 1 <= nfe``)."""
+    if nfe < 1:
+        raise ValueError(f"nfe must be >= 1, got {nfe}")
+    per = EVALS_PER_STEP.get(solver, 1)
+    return max(1, (nfe + per - 1) // per) if per == 1 else max(1, (nfe + 1) // per)
+
+
+def substeps_for_nfe(nfe: int, rule: str | int = "ceil128") -> int:
+    """GM-ODE sub-steps per outer step: ``ceil(128 / NFE)`` as in the paper's toy figures, or a fixed integer."""
+    if isinstance(rule, int):
+        return rule
+    if rule == "ceil128":
+        return -(-128 // nfe)
+    if rule == "paper-imagenet":  # [P] A.4: max(128/NFE, 2), except 8 at NFE 4 or 6
+        return 8 if nfe in (4, 6) else max(128 // nfe, 2)
+    raise ValueError(f"unknown substep rule {rule!r}; use 'ceil128', 'paper-imagenet' or an integer")

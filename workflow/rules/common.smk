@@ -1,0 +1,56 @@
+# Shared helpers: config validation (before any job), paths as pure functions of wildcards, target lists.
+import re
+import sys
+
+sys.path.insert(0, workflow.basedir)
+
+from gmflow.harness import registry
+from gmflow.harness.config import validate_config
+
+validate_config(config)
+
+RES = config["results"]
+TOY = config["toy"]
+THREADS = config["threads"]
+ROOT = workflow.basedir
+# Every rule calls the project's CLI with the python on PATH (the set-up script puts .venv/bin first; a conda env
+# from environment.yml also works). PYTHONPATH makes the checkout importable without installation.
+PY = f"PYTHONPATH={ROOT}:${{PYTHONPATH:-}} python"
+CLI = f"{PY} -m gmflow.harness.cli"
+ENV = f"{ROOT}/environment.yml"
+
+
+wildcard_constraints:
+    dataset="|".join(registry.DATASETS_2D),
+    run="[A-Za-z0-9][A-Za-z0-9-]*",
+    solver="|".join(re.escape(s) for s in registry.SOLVERS),
+    nfe=r"\d+",
+    seed=r"\d+",
+
+
+def run_option(run, key):
+    spec = TOY["runs"][run]
+    return spec.get(key, TOY["train"][key])
+
+
+def sample_sets_2d():
+    """Every (dataset, run, solver, nfe, seed) sample set of the 2D sweep."""
+    for dataset, runs in TOY["experiments"].items():
+        for run, solvers in runs.items():
+            for solver in solvers:
+                for nfe in TOY["sample"]["nfe"]:
+                    for seed in TOY["sample"]["seeds"]:
+                        yield dict(dataset=dataset, run=run, solver=solver, nfe=nfe, seed=seed)
+
+
+def metric_files_2d():
+    files = [
+        f"{RES}/2d/{s['dataset']}/{s['run']}/metrics/{s['solver']}_nfe{s['nfe']}_gnone_seed{s['seed']}.csv"
+        for s in sample_sets_2d()
+    ]
+    files += [
+        f"{RES}/2d/{d}/reference/metrics_seed{seed}.csv"
+        for d in TOY["experiments"]
+        for seed in TOY["sample"]["seeds"]
+    ]
+    return files

@@ -1,0 +1,51 @@
+# Report: the long-format table, the measured targets, and the rendered notebook (HTML under results/reports/).
+
+
+rule table_2d:
+    input:
+        metric_files_2d(),
+    output:
+        f"{RES}/tables/2d.csv",
+    log:
+        f"{RES}/logs/report/table_2d.log",
+    conda:
+        ENV
+    shell:
+        "{CLI} report --inputs {input:q} --out {output} > {log} 2>&1"
+
+
+rule targets_2d:
+    input:
+        table=rules.table_2d.output,
+    output:
+        f"{RES}/benchmarks/2d_targets.csv",
+    log:
+        f"{RES}/logs/report/targets_2d.log",
+    params:
+        benchmarks=f"{RES}/benchmarks",
+    conda:
+        ENV
+    shell:
+        "{PY} {ROOT}/workflow/scripts/targets_2d.py --table {input.table}"
+        " --benchmarks {params.benchmarks} --out {output} > {log} 2>&1"
+
+
+rule report_2d:
+    input:
+        table=rules.table_2d.output,
+        targets=rules.targets_2d.output,
+        notebook=f"{ROOT}/notebooks/2d_toy.ipynb",
+    output:
+        notebook=f"{RES}/reports/2d_toy.ipynb",
+        html=f"{RES}/reports/2d_toy.html",
+    log:
+        f"{RES}/logs/report/report_2d.log",
+    params:
+        results=RES,
+        nfe=",".join(str(n) for n in config["report"]["histogram_nfe"]),
+    conda:
+        ENV
+    shell:
+        "{PY} {ROOT}/workflow/scripts/render_notebook.py --notebook {input.notebook}"
+        " --out {output.notebook} --html {output.html} -p results {params.results} -p histogram_nfe {params.nfe}"
+        " > {log} 2>&1"

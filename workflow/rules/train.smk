@@ -1,0 +1,30 @@
+# Training: one job per (dataset, run); resumable from results/2d/{dataset}/{run}/state.pt.
+
+
+rule train_2d:
+    output:
+        weights=f"{RES}/2d/{{dataset}}/{{run}}/ema.safetensors",
+        spec=f"{RES}/2d/{{dataset}}/{{run}}/run.json",
+    log:
+        f"{RES}/logs/train_2d/{{dataset}}_{{run}}.log",
+    benchmark:
+        f"{RES}/benchmarks/train_2d/{{dataset}}_{{run}}.tsv"
+    params:
+        method=lambda w: TOY["runs"][w.run]["method"],
+        K=lambda w: TOY["runs"][w.run].get("K", 1),
+        trans_ratio=lambda w: run_option(w.run, "trans_ratio"),
+        t=TOY["train"],
+        out=lambda w: f"{RES}/2d/{w.dataset}/{w.run}",
+    threads: THREADS
+    conda:
+        ENV
+    resources:
+        mem_mb=2000,
+    shell:
+        "{CLI} train --dataset {wildcards.dataset} --method {params.method} --num-components {params.K}"
+        " --trans-ratio {params.trans_ratio} --network {params.t[network]} --width {params.t[width]}"
+        " --depth {params.t[depth]} --steps {params.t[steps]} --batch-size {params.t[batch_size]}"
+        " --lr {params.t[lr]} --warmup-steps {params.t[warmup_steps]} --ema-gamma {params.t[ema_gamma]}"
+        " --weight-scale {params.t[weight_scale]} --time-sampler {params.t[time_sampler]}"
+        " --checkpoint-every {params.t[checkpoint_every]} --seed {params.t[seed]} --threads {threads}"
+        " --out {params.out} > {log} 2>&1"
