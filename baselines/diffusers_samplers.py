@@ -14,17 +14,18 @@ How each diffusers 0.42.1 scheduler is made to run on the caller's grid:
   final_sigmas_type="zero")``. Its ``set_timesteps`` takes no ``sigmas`` argument, its ``timesteps=`` path fails
   with ``use_flow_sigmas`` (it still builds the flow grid from ``num_inference_steps``, which is then ``None``),
   and its own flow grid is ``0.999 (1 - i/N)`` (it starts at ``1 - 1/num_train_timesteps``, not 1). So
-  :func:`dpm_scheduler` calls ``set_timesteps(N)`` to size the solver state and then installs the grid as the
-  scheduler's ``sigmas`` (with the final 0 it would append itself). ``sigma = 1`` is kept exactly: there
-  ``alpha = 0`` and ``lambda = log(alpha / sigma) = -inf``; the scheduler's formulas take the right limits
-  (``exp(-h) = 0``, the second-order correction ``D1 = (m0 - m1) / r0 -> 0``), so the first step is the DDIM step
-  ``x' = sigma' x + alpha' x0^`` and no value is non-finite (tested).
+  :func:`dpm_scheduler` calls ``set_timesteps(N)`` to size the solver state and then installs the caller's
+  grid, final 0 included, as the scheduler's ``sigmas`` (float32, as diffusers stores them). ``sigma = 1`` is kept
+  exactly: there ``alpha = 0`` and ``lambda = log(alpha / sigma) = -inf``; the scheduler's formulas take the right
+  limits (``exp(-h) = 0``, the second-order correction ``D1 = (m0 - m1) / r0 -> 0``), so the first step is the DDIM
+  step ``x' = sigma' x + alpha' x0^`` and no value is non-finite (tested).
 - UniPC: ``UniPCMultistepScheduler(use_flow_sigmas=True, prediction_type="flow_prediction", solver_order=2,
-  solver_type="bh2", predict_x0=True, lower_order_final=True, final_sigmas_type="zero")``, the configuration
-  diffusers uses for flow pipelines. ``set_timesteps(sigmas=...)`` takes the grid without its final 0 (it appends
+  solver_type="bh2", predict_x0=True, lower_order_final=True, final_sigmas_type="zero")`` (diffusers' UniPC
+  defaults plus flow sigmas). ``set_timesteps(sigmas=...)`` takes the grid without its final 0 (it appends
   0) as a NumPy array (a list fails), and lowers a first sigma within 1e-6 of 1 to ``1 - 1e-6``: UniPC's
   coefficient solve would otherwise meet ``lambda = -inf``. So UniPC's *scheduler* sees ``1 - 1e-6`` at the
-  first node (its ``x0^ = x - (1 - 1e-6) v`` differs by ``1e-6 |v|``), while the network sees exactly 1.
+  first node (its ``x0^ = x - (1 - 1e-6) v`` differs by ``1e-6 |v|``), while the network sees exactly 1. The
+  integer ``timesteps`` it derives (``int(1000 sigma)``) are never used: the step index starts at 0 explicitly.
 - DDIM: ``DDIMScheduler`` is variance-preserving only, so the flow path is converted at the edge
   (:func:`flow_to_vp`): ``x_vp = x_t / sqrt(alpha^2 + sigma^2)`` and ``alpha_bar = alpha^2 / (alpha^2 + sigma^2)``
   (``= 1 / (1 + sigma_VE^2)`` with the paper's ``sigma_VE = sigma / alpha``), and the velocity is handed over as
@@ -205,7 +206,9 @@ def dpmpp_2m_sde(model_fn: VelocityFn, x_init: Tensor, sigmas: Tensor, *, genera
     """DPM-Solver++(2M) SDE (``algorithm_type="sde-dpmsolver++"``); 1 NFE per step.
 
     ``generator`` (a ``torch.Generator``, or a list of B of them for one stream per sample) draws every step's noise
-    through diffusers' ``randn_tensor``. The last step (to sigma = 0) adds no noise.
+    through diffusers' ``randn_tensor`` (one draw per step; the last step, to sigma = 0, gives it zero weight). From
+    ``sigma = 1`` (``alpha = 0``) the first step's weight on ``x`` is ``(sigma' / sigma) e^{-h} = 0``: it is
+    ``x' = alpha' x0^ + sigma' z``, so the initial noise enters only through the network's ``x0^``.
     """
     sched = dpm_scheduler(sigmas, "sde-dpmsolver++")
     return _run_flow_scheduler(sched, model_fn, x_init, sigmas, generator=generator)

@@ -1,0 +1,70 @@
+"""The CI configuration's DAG runs end to end; one rule can be rerun alone; a bad config fails before any job."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+
+def _run(args, results, check=True):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    cmd = [*SNAKEMAKE, "--cores", "2", "--configfile", "config/ci.yaml", "--config", f"results={results}", *args]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=check, timeout=1500)
+
+
+@pytest.fixture(scope="module")
+def ci_results(tmp_path_factory):
+    results = tmp_path_factory.mktemp("wf") / "results"
+    proc = _run([], results, check=False)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return results
+
+
+@pytest.mark.workflow
+def test_dag_outputs(ci_results):
+    cfg = yaml.safe_load(open(ROOT / "config/ci.yaml"))
+    df = pd.read_csv(ci_results / "tables/2d.csv")
+    sets = {(d, r, s) for d, runs in cfg["toy"]["experiments"].items() for r, ss in runs.items() for s in ss}
+    got = set(zip(df.dataset, df.run, df.solver, strict=True)) - {(d, "reference", "exact") for d in
+                                                                 cfg["toy"]["experiments"]}
+    assert got == sets
+    assert set(df.nfe_budget[df.method != "data"]) == set(cfg["toy"]["sample"]["nfe"])
+    assert df.value.notna().all()
+    heun = df[(df.solver == "heun")]
+    assert set(zip(heun.nfe_budget, heun.nfe, strict=True)) == {(1, 1), (4, 3)}
+    assert {"tv_hist200", "sliced_w2", "support_fraction", "precision", "recall"} <= set(df.metric)
+    html = (ci_results / "reports/2d_toy.html").read_text()
+    assert "Histogram grid" in html and "<img" in html and "Traceback" not in html
+    targets = pd.read_csv(ci_results / "benchmarks/2d_targets.csv")
+    assert len(targets) >= 4
+    prov = json.loads((ci_results / "2d/checkerboard/fm/provenance.json").read_text())
+    assert prov["packages"]["torch"] == "2.14.1" and prov["git_commit"]
+
+
+@pytest.mark.workflow
+def test_single_rule_reruns_alone(ci_results):
+    target = str(ci_results / "2d/checkerboard/gm-k4/metrics/gm-ode-2_nfe4_gnone_seed0.csv")
+    before = os.path.getmtime(target)
+    proc = _run([target, "--forcerun", target, "--dry-run"], ci_results)
+    assert "evaluate_2d" in proc.stdout and "sample_2d" not in proc.stdout and "train_2d" not in proc.stdout
+    _run([target, "--forcerun", target], ci_results)
+    assert os.path.getmtime(target) > before
+
+
+@pytest.mark.workflow
+def test_bad_config_fails_before_any_job(tmp_path):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    cmd = [*SNAKEMAKE, "--cores", "1", "--dry-run", "--configfile", "config/ci.yaml", "--config",
+           f"results={tmp_path / 'r'}", "threads=0"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "'threads'" in proc.stderr and "0" in proc.stderr
+    assert not (tmp_path / "r").exists()
