@@ -41,12 +41,16 @@ How each diffusers 0.42.1 scheduler is made to run on the caller's grid:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
-from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
 from torch import Tensor
 
 from baselines.samplers import VelocityFn, velocity_to_x0
 from gmflow.schedule import sigma_to_timestep
+
+if TYPE_CHECKING:  # diffusers is imported lazily: it costs ~2 s at start-up of every job
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
 
 GeneratorArg = torch.Generator | list[torch.Generator] | None
 
@@ -111,6 +115,8 @@ def dpm_scheduler(sigmas: Tensor, algorithm_type: str = "dpmsolver++") -> DPMSol
         sigmas: ``(N + 1,)`` decreasing grid from (at most) 1 to 0.
         algorithm_type: ``"dpmsolver++"`` (ODE) or ``"sde-dpmsolver++"`` (SDE).
     """
+    from diffusers import DPMSolverMultistepScheduler
+
     check_sigma_grid(sigmas)
     sched = DPMSolverMultistepScheduler(
         use_flow_sigmas=True,
@@ -133,6 +139,8 @@ def unipc_scheduler(sigmas: Tensor) -> UniPCMultistepScheduler:
 
     Its ``sigmas`` equal the grid in float32 except a first node of 1, which diffusers lowers to ``1 - 1e-6``.
     """
+    from diffusers import UniPCMultistepScheduler
+
     check_sigma_grid(sigmas)
     sched = UniPCMultistepScheduler(
         use_flow_sigmas=True,
@@ -154,6 +162,8 @@ def ddim_scheduler(sigmas: Tensor) -> DDIMScheduler:
     The table has one training timestep per grid node (:func:`ddim_betas`), so ``set_timesteps(N)`` gives
     timesteps ``N-1, ..., 0`` and each ``step`` moves from node ``i`` to node ``i + 1``.
     """
+    from diffusers import DDIMScheduler
+
     check_sigma_grid(sigmas)
     n = len(sigmas) - 1
     sched = DDIMScheduler(

@@ -15,9 +15,9 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from baselines.fm import fm_loss, fm_pair
+from gmflow.harness import io
 from gmflow.loss import sample_transition_pair, transition_loss
 from gmflow.schedule import shift_sigma, sigma_to_timestep
-from gmflow.harness import io
 
 
 @dataclass
