@@ -16,7 +16,8 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 def _run(args, results, check=True):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    cmd = [*SNAKEMAKE, "--cores", "2", "--configfile", "config/ci.yaml", "--config", f"results={results}", *args]
+    # targets and list-valued options first: --config takes every following word up to the next option
+    cmd = [*SNAKEMAKE, *args, "--cores", "2", "--configfile", "config/ci.yaml", "--config", f"results={results}"]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=check, timeout=1500)
 
 
@@ -66,5 +67,6 @@ def test_bad_config_fails_before_any_job(tmp_path):
            f"results={tmp_path / 'r'}", "threads=0"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
-    assert "'threads'" in proc.stderr and "0" in proc.stderr
+    out = proc.stdout + proc.stderr
+    assert "'threads'" in out and "0 is less than the minimum" in out
     assert not (tmp_path / "r").exists()

@@ -1,0 +1,208 @@
+"""Image datasets, all local: Fashion-MNIST from its gzipped IDX files and scikit-learn's 8x8 digits.
+
+Every loader returns ``images`` uint8 ``(N, C, H, W)`` and ``labels`` int64 ``(N,)``; ``load_images`` turns them into
+the network's units, float32 in ``[-1, 1]`` (``to_unit_range`` / ``to_uint8`` convert between the two). Nothing is
+downloaded: Fashion-MNIST comes from the Debian package ``dataset-fashion-mnist``
+(``/usr/share/datasets/fashion-mnist``) or from a folder the user passes, and digits ship inside scikit-learn (the tiny
+dataset of tests and CI).
+"""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+# ---------------------------------------------------------------------------------------------------------- IDX files
+
+# IDX type byte -> big-endian numpy dtype (LeCun's MNIST format: magic = 0, 0, type, ndim; then ndim uint32 sizes).
+IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def _open_maybe_gzip(path: Path):
+    with open(path, "rb") as f:
+        gzipped = f.read(2) == b"\x1f\x8b"
+    return gzip.open(path, "rb") if gzipped else open(path, "rb")
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Parse an IDX file (gzipped or not) into an array of its shape and (native-endian) dtype."""
+    path = Path(path)
+    with _open_maybe_gzip(path) as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in IDX_DTYPES:
+        raise ValueError(f"{path} is not an IDX file: its first bytes are {raw[:4]!r}, expected 00 00 <type> <ndim>")
+    dtype, ndim = np.dtype(IDX_DTYPES[raw[2]]), raw[3]
+    header = 4 + 4 * ndim
+    shape = tuple(int(s) for s in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+    expected = int(np.prod(shape)) * dtype.itemsize
+    if len(raw) - header != expected:
+        raise ValueError(f"{path}: header says shape {shape} ({expected} bytes of data), file has {len(raw) - header}")
+    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def write_idx(path: str | Path, array: np.ndarray, compress: bool = True) -> None:
+    """Write ``array`` as an IDX file (gzipped when ``compress``); the inverse of ``read_idx``."""
+    array = np.asarray(array)
+    codes = {np.dtype(v).newbyteorder("="): k for k, v in IDX_DTYPES.items()}
+    code = codes.get(array.dtype.newbyteorder("="))
+    if code is None:
+        raise ValueError(f"IDX cannot store dtype {array.dtype}; use one of {sorted(str(d) for d in codes)}")
+    header = bytes([0, 0, code, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
+    data = header + array.astype(IDX_DTYPES[code]).tobytes()
+    Path(path).write_bytes(gzip.compress(data, mtime=0) if compress else data)
+
+
+# ------------------------------------------------------------------------------------------------------ Fashion-MNIST
+
+FASHION_MNIST_DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+FASHION_MNIST_SIZES = {"train": 60000, "test": 10000}
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)  # fmt: skip
+
+
+def fashion_mnist_dir(root: str | Path | None = None) -> Path:
+    """The folder holding the four Fashion-MNIST IDX files: ``root`` if given, else the Debian package's folder.
+
+    Raises:
+        FileNotFoundError: naming the folder, the missing files and how to get them.
+    """
+    folder = Path(root) if root is not None else FASHION_MNIST_DEBIAN_DIR
+    names = [n for pair in FASHION_MNIST_FILES.values() for n in pair]
+    missing = [n for n in names if not (folder / n).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"Fashion-MNIST not found: {folder} lacks {', '.join(missing)}. Either install the Debian package with "
+            f"`apt-get install dataset-fashion-mnist` (it puts the files in {FASHION_MNIST_DEBIAN_DIR}), or pass the "
+            f"folder that holds the four gzipped IDX files {', '.join(names)} (as published by Zalando Research)."
+        )
+    return folder
+
+
+def load_fashion_mnist(split: str = "train", root: str | Path | None = None) -> tuple[Tensor, Tensor]:
+    """Fashion-MNIST ``split`` ("train": 60000, "test": 10000): uint8 ``(N, 1, 28, 28)`` and int64 labels in 0..9."""
+    if split not in FASHION_MNIST_FILES:
+        raise ValueError(f"unknown Fashion-MNIST split {split!r}; choose one of {sorted(FASHION_MNIST_FILES)}")
+    folder = fashion_mnist_dir(root)
+    image_file, label_file = FASHION_MNIST_FILES[split]
+    images, labels = read_idx(folder / image_file), read_idx(folder / label_file)
+    if images.ndim != 3 or images.dtype != np.uint8 or labels.shape != images.shape[:1]:
+        raise ValueError(
+            f"{folder}: {image_file} has shape {images.shape} {images.dtype} and {label_file} shape {labels.shape}; "
+            "expected uint8 (N, 28, 28) images and (N,) labels"
+        )
+    return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
+
+
+# ------------------------------------------------------------------------------------------------------------- digits
+
+DIGITS_TEST_FRACTION = 0.2
+
+
+def load_digits(split: str = "train", test_fraction: float = DIGITS_TEST_FRACTION) -> tuple[Tensor, Tensor]:
+    """scikit-learn's digits (1797 images, 8x8, gray levels 0..16): uint8 ``(N, 1, 8, 8)`` and int64 labels in 0..9.
+
+    Gray levels map to uint8 by ``round(v * 255 / 16)``. The split is fixed and uses no random numbers: the test set is
+    the last ``round(test_fraction * n_c)`` images of each class ``c`` in file order (by default 1438 train / 359 test),
+    so later writers are held out.
+    """
+    from sklearn.datasets import load_digits as _sklearn_digits
+
+    if split not in ("train", "test", "all"):
+        raise ValueError(f"unknown digits split {split!r}; choose 'train', 'test' or 'all'")
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    bunch = _sklearn_digits()
+    images = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None]  # (1797, 1, 8, 8)
+    labels = bunch.target.astype(np.int64)
+    is_test = np.zeros(len(labels), dtype=bool)
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        is_test[idx[len(idx) - int(round(test_fraction * len(idx))) :]] = True
+    keep = {"train": ~is_test, "test": is_test, "all": np.ones_like(is_test)}[split]
+    return torch.from_numpy(images[keep]), torch.from_numpy(labels[keep])
+
+
+# ------------------------------------------------------------------------------------------------ units and registry
+
+
+def to_unit_range(images: Tensor) -> Tensor:
+    """uint8 ``[0, 255]`` -> float32 ``[-1, 1]``: ``x = v / 127.5 - 1``."""
+    if images.dtype != torch.uint8:
+        raise TypeError(f"expected uint8 images, got {images.dtype}")
+    return images.float() / 127.5 - 1.0
+
+
+def to_uint8(x: Tensor) -> Tensor:
+    """float ``[-1, 1]`` -> uint8, the inverse of ``to_unit_range``: ``round((x + 1) * 127.5)`` clipped to 0..255."""
+    return ((x.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+def pad_images(images: Tensor, size: int) -> Tensor:
+    """Zero-pad uint8 ``(N, C, H, W)`` images symmetrically to ``size x size`` (e.g. 28 -> 32 for patch sizes 4 or 8).
+
+    Zero is the black background of Fashion-MNIST and digits (``-1`` in ``[-1, 1]`` units).
+    """
+    h, w = images.shape[-2:]
+    if size < h or size < w or (size - h) % 2 or (size - w) % 2:
+        raise ValueError(f"cannot pad {h}x{w} images symmetrically to {size}x{size}")
+    ph, pw = (size - h) // 2, (size - w) // 2
+    return torch.nn.functional.pad(images, (pw, pw, ph, ph), value=0)
+
+
+@dataclass(frozen=True)
+class ImageDataset:
+    """A registered image dataset: its uint8 loader and its shape."""
+
+    name: str
+    loader: Callable[..., tuple[Tensor, Tensor]]  # (split, root=None) -> (uint8 (N, C, H, W), int64 (N,))
+    channels: int
+    resolution: int
+    num_classes: int
+    splits: tuple[str, ...] = ("train", "test")
+
+    def load_uint8(self, split: str = "train", root: str | Path | None = None) -> tuple[Tensor, Tensor]:
+        return self.loader(split, root)
+
+
+IMAGE_DATASETS = {
+    "fashion-mnist": ImageDataset("fashion-mnist", lambda split, root=None: load_fashion_mnist(split, root), 1, 28, 10),
+    "digits": ImageDataset("digits", lambda split, root=None: load_digits(split), 1, 8, 10),
+}
+
+
+def load_images_uint8(name: str, split: str = "train", root: str | Path | None = None) -> tuple[Tensor, Tensor]:
+    """uint8 ``(N, C, H, W)`` images and int64 ``(N,)`` labels of the registered dataset ``name``."""
+    if name not in IMAGE_DATASETS:
+        raise ValueError(f"unknown image dataset {name!r}; choose one of {sorted(IMAGE_DATASETS)}")
+    ds = IMAGE_DATASETS[name]
+    if split not in ds.splits:
+        raise ValueError(f"unknown split {split!r} of {name}; choose one of {list(ds.splits)}")
+    return ds.load_uint8(split, root)
+
+
+def load_images(
+    name: str, split: str = "train", root: str | Path | None = None, pad_to: int | None = None
+) -> tuple[Tensor, Tensor]:
+    """Training units: float32 images ``(N, C, H, W)`` in ``[-1, 1]`` and int64 labels ``(N,)``.
+
+    Args:
+        name: a key of ``IMAGE_DATASETS``.
+        split: "train" or "test".
+        root: folder of the dataset's files where it has any (Fashion-MNIST); default its standard place.
+        pad_to: zero-pad (black) to this square size, e.g. 32; default ``None`` keeps the native size.
+    """
+    images, labels = load_images_uint8(name, split, root)
+    if pad_to is not None:
+        images = pad_images(images, pad_to)
+    return to_unit_range(images), labels
