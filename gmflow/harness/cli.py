@@ -92,7 +92,24 @@ def cmd_train(a) -> None:
     cfg = TrainConfig(method=a.method, num_components=a.num_components, trans_ratio=a.trans_ratio,
                       weight_scale=a.weight_scale, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
                       warmup_steps=a.warmup_steps, ema_gamma=a.ema_gamma, time_sampler=a.time_sampler,
-                      checkpoint_every=a.checkpoint_every, seed=a.seed)
+                      checkpoint_every=a.checkpoint_every, seed=a.seed, grad_clip=a.grad_clip,
+                      weight_decay=a.weight_decay, spectral_weight=a.spectral_weight)
+    if a.dataset in registry.IMAGE_DATASETS:
+        from gmflow.harness.images import image_spec, train_images
+
+        if a.network not in registry.IMAGE_NETWORKS:
+            raise ValueError(f"image dataset {a.dataset!r} needs a DiT network; choose from {registry.IMAGE_NETWORKS}")
+        spec = image_spec(a.dataset, a.network, a.method, a.num_components, a.spectral, patch_size=a.patch_size,
+                          depth=a.dit_depth, width=a.dit_width, num_heads=a.num_heads)
+        cfg.label_dropout = a.label_dropout
+        record = train_images(spec, cfg, a.out, a.data_root, progress=not a.quiet)
+        io.write_json({**spec, **record}, Path(a.out) / "run.json")
+        io.write_json(io.provenance(_args(a), kind="train", **record), Path(a.out) / "provenance.json")
+        return
+    if a.network not in registry.NETWORKS_2D:
+        raise ValueError(f"2D dataset {a.dataset!r} needs network 'mlp2d', got {a.network!r}")
+    if a.spectral:
+        raise ValueError("--spectral applies to image datasets only")
     spec = {"network": a.network, "method": a.method, "num_components": a.num_components if a.method == "gmflow"
             else 0, "width": a.width, "depth": a.depth, "dataset": a.dataset, "sample_shape": [2]}
     torch.manual_seed(a.seed)
@@ -114,10 +131,29 @@ def load_run(run_dir: str | Path) -> tuple[torch.nn.Module, dict]:
     return net.eval(), spec
 
 
+def _is_image_run(run_dir) -> bool:
+    p = Path(run_dir) / "run.json"
+    return p.exists() and json.loads(p.read_text())["dataset"] in registry.IMAGE_DATASETS
+
+
 def cmd_sample(a) -> None:
     from gmflow.harness.sampling import generate
 
     _threads(a.threads)
+    if a.guidance == "none" and a.guidance_scale != 0:
+        raise ValueError(f"--guidance-scale {a.guidance_scale} needs --guidance cfg or probabilistic")
+    if a.guidance == "probabilistic" and not 0 <= a.guidance_scale < 1:
+        raise ValueError(f"probabilistic guidance scale w-tilde must be in [0, 1), got {a.guidance_scale}")
+    if _is_image_run(a.run_dir):
+        from gmflow.harness.images import sample_images
+
+        out, rec = sample_images(a.run_dir, a.solver, a.nfe, a.num_samples, a.seed, a.block_size, a.substeps,
+                                 a.guidance, a.guidance_scale, a.orthogonal, a.spectral, progress=not a.quiet)
+        io.save_npz(Path(a.out), **out, record=json.dumps(rec))
+        io.write_json(io.provenance(_args(a), kind="sample", **rec), Path(a.out).with_suffix(".json"))
+        return
+    if a.guidance != "none" or a.spectral:
+        raise ValueError("the 2D runs are unconditional: guidance and spectral sampling apply to image runs")
     net, spec = load_run(a.run_dir)
     x, rec = generate(net, spec["method"], a.solver, a.nfe, a.num_samples, tuple(spec["sample_shape"]), a.seed,
                       a.block_size, a.substeps, progress=not a.quiet)
@@ -126,11 +162,22 @@ def cmd_sample(a) -> None:
     out = Path(a.out)
     io.save_npz(out, samples=x, record=json.dumps(rec))
     io.write_json(io.provenance(_args(a), kind="sample", **rec), out.with_suffix(".json"))
+    if a.metrics_out:  # evaluate in the same process (saves a job start per sample set)
+        if not a.reference:
+            raise ValueError("--metrics-out needs --reference (the exact reference sample of the dataset)")
+        io.save_csv(_metric_rows_2d(x, rec, np.load(a.reference)["samples"], a.knn_points), a.metrics_out)
+
+
+def _metric_rows_2d(samples: np.ndarray, rec: dict, reference: np.ndarray, knn_points: int) -> pd.DataFrame:
+    from gmflow.harness.evaluate2d import metrics_2d
+
+    metrics = metrics_2d(rec["dataset"], samples, reference, knn_points, seed=rec["seed"])
+    rows = [{**{k: rec.get(k) for k in TABLE_COLUMNS}, "metric": m, "value": v, "feature_extractor": "coords"}
+            for m, v in metrics.items()]
+    return pd.DataFrame(rows, columns=TABLE_COLUMNS)
 
 
 def cmd_evaluate(a) -> None:
-    from gmflow.harness.evaluate2d import metrics_2d
-
     _threads(a.threads)
     data = np.load(a.samples)
     ref = np.load(a.reference)["samples"]
@@ -142,16 +189,59 @@ def cmd_evaluate(a) -> None:
                "guidance": "none", "guidance_scale": 0.0, "orthogonal": 0.0, "train_steps": 0}
     if a.dataset and rec["dataset"] != a.dataset:
         raise ValueError(f"samples are from dataset {rec['dataset']!r} but --dataset is {a.dataset!r}")
-    metrics = metrics_2d(rec["dataset"], data["samples"], ref, a.knn_points, seed=rec["seed"])
-    rows = [{**{k: rec.get(k) for k in TABLE_COLUMNS}, "metric": m, "value": v, "feature_extractor": "coords"}
-            for m, v in metrics.items()]
-    io.save_csv(pd.DataFrame(rows, columns=TABLE_COLUMNS), a.out)
+    io.save_csv(_metric_rows_2d(data["samples"], rec, ref, a.knn_points), a.out)
+
+
+def cmd_train_classifier(a) -> None:
+    from gmflow.harness.data_images import load_images_uint8
+    from gmflow.harness.features import save_classifier, train_classifier
+
+    _threads(a.threads)
+    x, y = load_images_uint8(a.dataset, "train", a.data_root)
+    xt, yt = load_images_uint8(a.dataset, "test", a.data_root)
+    model, acc = train_classifier(x, y, xt, yt, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed,
+                                  log=print)
+    save_classifier(model, a.out, dataset=a.dataset, test_accuracy=f"{acc:.4f}")
+    io.write_json(io.provenance(_args(a), kind="classifier", test_accuracy=acc), Path(a.out).with_suffix(".json"))
+    print(f"test accuracy {acc:.4f}")
+
+
+def cmd_reference_features(a) -> None:
+    from gmflow.harness.images import reference_features
+
+    _threads(a.threads)
+    rec = reference_features(a.dataset, a.extractor, a.out, a.num_images, a.classifier, a.split, a.data_root)
+    io.write_json(io.provenance(_args(a), kind="reference-features", **rec), Path(a.out).with_suffix(".json"))
+
+
+def cmd_evaluate_images(a) -> None:
+    from gmflow.harness.images import evaluate_images
+
+    _threads(a.threads)
+    df = evaluate_images(a.samples, a.reference, a.extractor, a.classifier, a.features_out, a.kid_subset_size)
+    io.save_csv(df, a.out)
+
+
+def cmd_nll(a) -> None:
+    from gmflow.harness.images import TABLE_COLUMNS, heldout_nll
+
+    _threads(a.threads)
+    rec = heldout_nll(a.run_dir, a.num_images, a.times_per_image, a.seed, a.data_root)
+    spec = json.loads((Path(a.run_dir) / "run.json").read_text())
+    row = {"dataset": spec["dataset"], "run": Path(a.run_dir).name, "method": spec["method"],
+           "K": spec["num_components"], "trans_ratio": spec["train"]["trans_ratio"], "solver": "", "guidance": "none",
+           "guidance_scale": 0.0, "orthogonal": 0.0, "spectral": 0, "nfe": 1, "nfe_budget": 1, "substeps": 0,
+           "seed": a.seed, "num_samples": rec["num_images"] * rec["times_per_image"], "metric": "nll_bits_per_dim",
+           "value": rec["nll_bits_per_dim"], "feature_extractor": "none", "train_steps": spec["train"]["steps"],
+           "sample_set": ""}
+    io.save_csv(pd.DataFrame([row], columns=TABLE_COLUMNS), a.out)
 
 
 def cmd_report(a) -> None:
     frames = [pd.read_csv(p) for p in a.inputs]
-    df = pd.concat(frames, ignore_index=True).sort_values(
-        ["dataset", "method", "K", "solver", "nfe_budget", "seed", "metric"], kind="stable")
+    df = pd.concat(frames, ignore_index=True)
+    df = df.sort_values([c for c in ["dataset", "method", "K", "solver", "guidance", "guidance_scale", "nfe_budget",
+                                     "seed", "metric"] if c in df.columns], kind="stable")
     io.save_csv(df, a.out)
 
 
@@ -168,15 +258,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output .npz")
     s.set_defaults(func=cmd_prepare_data)
 
-    s = sub.add_parser("train", help="train GMFlow or flow matching on a 2D dataset", formatter_class=fmt)
-    s.add_argument("--dataset", choices=registry.DATASETS_2D, required=True)
+    s = sub.add_parser("train", help="train GMFlow or flow matching on a 2D or image dataset", formatter_class=fmt)
+    s.add_argument("--dataset", choices=registry.DATASETS, required=True)
     s.add_argument("--method", choices=registry.METHODS, required=True)
     s.add_argument("--network", choices=registry.NETWORKS, default="mlp2d")
     s.add_argument("--num-components", "-K", type=_positive_int, default=64, help="GM components (gmflow only)")
     s.add_argument("--trans-ratio", type=_unit_float, default=0.9, help="transition ratio lambda; 1 = plain NLL")
     s.add_argument("--weight-scale", type=float, default=1.0)
-    s.add_argument("--width", type=_positive_int, default=256)
-    s.add_argument("--depth", type=_positive_int, default=3)
+    s.add_argument("--width", type=_positive_int, default=256, help="MLP width (2D)")
+    s.add_argument("--depth", type=_positive_int, default=3, help="MLP depth (2D)")
+    s.add_argument("--patch-size", type=_positive_int, default=None, help="DiT patch size (default: the variant's)")
+    s.add_argument("--dit-depth", type=_positive_int, default=None, help="DiT blocks (default: the variant's)")
+    s.add_argument("--dit-width", type=_positive_int, default=None, help="DiT hidden size (default: the variant's)")
+    s.add_argument("--num-heads", type=_positive_int, default=None, help="DiT heads (default: the variant's)")
+    s.add_argument("--label-dropout", type=float, default=0.1, help="probability of the null class (images)")
+    s.add_argument("--spectral", action="store_true", help="also train the SpectrumMLP (GMFlow on images)")
+    s.add_argument("--spectral-weight", type=float, default=1.0)
+    s.add_argument("--grad-clip", type=float, default=0.0, help="gradient-norm clip; 0 = off")
+    s.add_argument("--weight-decay", type=float, default=0.0)
+    s.add_argument("--data-root", default=None, help="folder of the dataset's files (default: its standard place)")
     s.add_argument("--steps", type=_positive_int, default=6000)
     s.add_argument("--batch-size", type=_positive_int, default=1024)
     s.add_argument("--lr", type=float, default=2e-4)
@@ -197,6 +297,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--num-samples", type=_positive_int, default=50000)
     s.add_argument("--block-size", type=_positive_int, default=10000, help="samples per generator stream")
     s.add_argument("--substeps", type=_substeps, default="ceil128", help="GM-ODE sub-steps: rule or integer")
+    s.add_argument("--guidance", choices=registry.GUIDANCE, default="none")
+    s.add_argument("--guidance-scale", type=float, default=0.0, help="CFG w, or probabilistic w-tilde in [0, 1)")
+    s.add_argument("--orthogonal", type=float, default=1.0, help="orthogonal projection factor (0 = off)")
+    s.add_argument("--spectral", action="store_true", help="spectral sampling of x0 in GM-SDE (image runs)")
+    s.add_argument("--reference", default=None, help="2D: exact reference sample to evaluate against")
+    s.add_argument("--metrics-out", default=None, help="2D: also write the metrics (long-format .csv)")
+    s.add_argument("--knn-points", type=_positive_int, default=10000, help="2D: points for k-NN precision/recall")
     s.add_argument("--seed", type=_nonneg_int, default=0)
     s.add_argument("--threads", type=_positive_int, default=1)
     s.add_argument("--quiet", action="store_true")
@@ -212,6 +319,51 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=_positive_int, default=1)
     s.add_argument("--out", required=True, help="output long-format .csv")
     s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("train-classifier", help="train the in-domain feature classifier on an image dataset",
+                       formatter_class=fmt)
+    s.add_argument("--dataset", choices=registry.IMAGE_DATASETS, required=True)
+    s.add_argument("--epochs", type=_positive_int, default=3)
+    s.add_argument("--batch-size", type=_positive_int, default=128)
+    s.add_argument("--lr", type=float, default=2e-3)
+    s.add_argument("--seed", type=_nonneg_int, default=0)
+    s.add_argument("--data-root", default=None)
+    s.add_argument("--threads", type=_positive_int, default=1)
+    s.add_argument("--out", required=True, help="output .safetensors")
+    s.set_defaults(func=cmd_train_classifier)
+
+    s = sub.add_parser("reference-features", help="features and FID statistics of a real reference set",
+                       formatter_class=fmt)
+    s.add_argument("--dataset", choices=registry.IMAGE_DATASETS, required=True)
+    s.add_argument("--extractor", choices=registry.FEATURE_EXTRACTORS[1:], required=True)
+    s.add_argument("--classifier", default=None, help="classifier weights (for classifier-* extractors)")
+    s.add_argument("--split", choices=("train", "test"), default="test")
+    s.add_argument("--num-images", type=_positive_int, default=None, help="class-balanced prefix; default all")
+    s.add_argument("--data-root", default=None)
+    s.add_argument("--threads", type=_positive_int, default=1)
+    s.add_argument("--out", required=True, help="output .npz")
+    s.set_defaults(func=cmd_reference_features)
+
+    s = sub.add_parser("evaluate-images", help="features and metrics of an image sample set", formatter_class=fmt)
+    s.add_argument("--samples", required=True)
+    s.add_argument("--reference", required=True, help="reference-features output of the same extractor")
+    s.add_argument("--extractor", choices=registry.FEATURE_EXTRACTORS[1:], required=True)
+    s.add_argument("--classifier", default=None)
+    s.add_argument("--kid-subset-size", type=_positive_int, default=1000)
+    s.add_argument("--threads", type=_positive_int, default=1)
+    s.add_argument("--features-out", required=True, help="output .npz of the sample set's features")
+    s.add_argument("--out", required=True, help="output long-format .csv")
+    s.set_defaults(func=cmd_evaluate_images)
+
+    s = sub.add_parser("nll", help="held-out velocity NLL in bits/dim of a GMFlow image run", formatter_class=fmt)
+    s.add_argument("--run-dir", required=True)
+    s.add_argument("--num-images", type=_positive_int, default=1000)
+    s.add_argument("--times-per-image", type=_positive_int, default=4)
+    s.add_argument("--seed", type=_nonneg_int, default=0)
+    s.add_argument("--data-root", default=None)
+    s.add_argument("--threads", type=_positive_int, default=1)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_nll)
 
     s = sub.add_parser("report", help="concatenate long-format metric files into one table", formatter_class=fmt)
     s.add_argument("--inputs", nargs="+", required=True)

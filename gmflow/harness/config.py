@@ -49,6 +49,20 @@ def validate_config(config: dict) -> dict:
         raise ConfigError(f"config error at '{where}': {e.message} (value seen: {e.instance!r}). "
                           f"See workflow/schemas/config.schema.yaml for allowed values.")
     _fill_defaults(schema, config)
+    if "toy" not in config and "images" not in config:
+        raise ConfigError("config error at '<top level>': neither 'toy' nor 'images' is configured; nothing to run")
+    if "toy" in config:
+        _check_toy(config)
+    if "images" in config:
+        from gmflow.harness.sweeps import check_images_config
+
+        errors = check_images_config(config["images"])
+        if errors:
+            raise ConfigError(errors[0])
+    return config
+
+
+def _check_toy(config: dict) -> None:
     toy = config["toy"]
     for dataset, runs in toy["experiments"].items():
         for run, solvers in runs.items():
@@ -57,10 +71,10 @@ def validate_config(config: dict) -> dict:
                                   f"in toy.runs (defined: {sorted(toy['runs'])})")
             method = toy["runs"][run]["method"]
             for solver in solvers:
-                if solver not in registry.SOLVERS_BY_METHOD[method]:
+                if solver not in registry.APPLICABLE_SOLVERS[method]:
                     raise ConfigError(
                         f"config error at 'toy.experiments.{dataset}.{run}': solver {solver!r} does not apply to "
-                        f"method {method!r}; choose from {sorted(registry.SOLVERS_BY_METHOD[method])}")
+                        f"method {method!r}; choose from {sorted(registry.APPLICABLE_SOLVERS[method])}")
     for run, spec in toy["runs"].items():
         if spec["method"] == "gmflow" and "K" not in spec:
             raise ConfigError(f"config error at 'toy.runs.{run}': a gmflow run needs K (number of components)")
@@ -70,4 +84,3 @@ def validate_config(config: dict) -> dict:
     missing = set(config.get("report", {}).get("histogram_nfe", [])) - set(toy["sample"]["nfe"])
     if missing:
         raise ConfigError(f"config error at 'report.histogram_nfe': {sorted(missing)} not in toy.sample.nfe")
-    return config

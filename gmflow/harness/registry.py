@@ -8,17 +8,27 @@ from __future__ import annotations
 
 from baselines.diffusers_samplers import DIFFUSERS_SOLVERS
 from baselines.samplers import FLOW_SOLVERS as _OWN_FLOW_SOLVERS
+from gmflow.harness.data_images import IMAGE_DATASETS as _IMAGE_DATASETS
+from gmflow.harness.dit import DIT_VARIANTS
+from gmflow.harness.features import FEATURE_EXTRACTORS as _IMAGE_FEATURE_EXTRACTORS
 from gmflow.solvers import GM_SOLVERS
 
 METHODS = ("gmflow", "fm")
 FLOW_SOLVERS = {**_OWN_FLOW_SOLVERS, **DIFFUSERS_SOLVERS}
 SOLVERS_BY_METHOD = {"gmflow": GM_SOLVERS, "fm": FLOW_SOLVERS}
+# Solvers a trained model can be sampled with: a GMFlow model also drives every flow solver through the mean of its
+# (guided) GM, as in the paper's ablation A4 (DPM++ 2M SDE on the GM-DiT).
+APPLICABLE_SOLVERS = {"gmflow": {**GM_SOLVERS, **FLOW_SOLVERS}, "fm": FLOW_SOLVERS}
 SOLVERS = {**GM_SOLVERS, **FLOW_SOLVERS}
+GM_SOLVERS_KEYS = tuple(GM_SOLVERS)
 GUIDANCE = ("none", "probabilistic", "cfg")
 DATASETS_2D = ("checkerboard", "gmm2d")
-DATASETS = DATASETS_2D
-NETWORKS = ("mlp2d",)
-FEATURE_EXTRACTORS = ("coords",)
+IMAGE_DATASETS = tuple(_IMAGE_DATASETS)
+DATASETS = DATASETS_2D + IMAGE_DATASETS
+NETWORKS_2D = ("mlp2d",)
+IMAGE_NETWORKS = tuple(DIT_VARIANTS)
+NETWORKS = NETWORKS_2D + IMAGE_NETWORKS
+FEATURE_EXTRACTORS = ("coords", *_IMAGE_FEATURE_EXTRACTORS)
 TIME_SAMPLERS = ("uniform", "logit-normal")
 
 # Solvers that call the network more than once per step: the sampling driver gives them the most steps that fit
@@ -36,9 +46,9 @@ def method_of_solver(solver: str) -> str:
 def check_solver(method: str, solver: str) -> None:
     if method not in SOLVERS_BY_METHOD:
         raise ValueError(f"unknown method {method!r}; choose one of {list(METHODS)}")
-    if solver not in SOLVERS_BY_METHOD[method]:
+    if solver not in APPLICABLE_SOLVERS[method]:
         raise ValueError(
-            f"solver {solver!r} does not apply to method {method!r}; choose one of {sorted(SOLVERS_BY_METHOD[method])}"
+            f"solver {solver!r} does not apply to method {method!r}; choose one of {sorted(APPLICABLE_SOLVERS[method])}"
         )
 
 

@@ -38,6 +38,10 @@ class TrainConfig:
     time_shift: float = 1.0
     checkpoint_every: int = 1000
     seed: int = 0
+    label_dropout: float = 0.0
+    null_label: int = -1
+    spectral_weight: float = 1.0
+    grad_clip: float = 0.0
 
     def __post_init__(self):
         if self.method not in ("gmflow", "fm"):
@@ -46,6 +50,10 @@ class TrainConfig:
             raise ValueError(f"steps and batch_size must be >= 1, got {self.steps} and {self.batch_size}")
         if not 0 < self.trans_ratio <= 1:
             raise ValueError(f"trans_ratio must be in (0, 1], got {self.trans_ratio}")
+        if not 0 <= self.label_dropout < 1:
+            raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
+        if self.label_dropout > 0 and self.null_label < 0:
+            raise ValueError("label_dropout needs the network's null_label (index of the unconditional class)")
 
 
 def sample_sigma(n: int, kind: str, shift: float, generator: torch.Generator) -> Tensor:
@@ -64,26 +72,59 @@ def karras_ema_beta(step: int, gamma: float) -> float:
     return (1 - 1 / step) ** (gamma + 1) if step > 1 else 0.0
 
 
-def training_loss(net: nn.Module, cfg: TrainConfig, x0: Tensor, generator: torch.Generator) -> Tensor:
-    """Per-sample loss of one batch for either method (same time sampling and noise for both)."""
+def drop_labels(y: Tensor, p: float, null_label: int, generator: torch.Generator) -> Tensor:
+    """Replace each label by ``null_label`` with probability ``p`` (SPEC Sec. 2.4: 10% dropout, in the data path)."""
+    if p <= 0:
+        return y
+    drop = torch.rand(y.shape, generator=generator) < p
+    return torch.where(drop, torch.full_like(y, null_label), y)
+
+
+def training_loss(net: nn.Module, cfg: TrainConfig, x0: Tensor, generator: torch.Generator, y: Tensor | None = None,
+                  spectrum_net: nn.Module | None = None) -> Tensor:
+    """Per-sample loss of one batch for either method (same time sampling and noise for both).
+
+    ``y`` are class labels (already dropped to the null class where chosen) or None for unconditional data. With a
+    ``spectrum_net`` (GMFlow only) the spectral loss of SPEC Sec. 2.3 is added; its gradient reaches only that net.
+    """
     sigma = sample_sigma(x0.shape[0], cfg.time_sampler, cfg.time_shift, generator).to(x0)
     eps0 = torch.randn(x0.shape, generator=generator).to(x0)
+    cond = () if y is None else (y,)
     if cfg.method == "fm":
         x_t, u = fm_pair(x0, eps0, sigma)
-        return fm_loss(net(x_t, sigma_to_timestep(sigma)), u)
+        return fm_loss(net(x_t, sigma_to_timestep(sigma), *cond), u)
     eps1 = torch.randn(x0.shape, generator=generator).to(x0)
     pair = sample_transition_pair(x0, sigma, cfg.trans_ratio, eps0, eps1)
-    return transition_loss(net(pair.x_high, sigma_to_timestep(sigma)), pair) * cfg.weight_scale
+    gm_u = net(pair.x_high, sigma_to_timestep(sigma), *cond)
+    loss = transition_loss(gm_u, pair) * cfg.weight_scale
+    if spectrum_net is not None:
+        from gmflow.spectral import spectral_training_loss
+
+        loss = loss + spectral_training_loss(spectrum_net, gm_u, x0, pair.x_high, sigma, cfg.spectral_weight)
+    return loss
+
+
+class _Bundle(nn.Module):
+    """The trained modules: the network and, for spectral sampling, the SpectrumMLP (one optimiser, one EMA)."""
+
+    def __init__(self, net: nn.Module, spectrum: nn.Module | None):
+        super().__init__()
+        self.net, self.spectrum = net, spectrum
 
 
 def train(
     net: nn.Module,
     cfg: TrainConfig,
-    sample_batch: Callable[[int, torch.Generator], Tensor],
+    sample_batch: Callable[[int, torch.Generator], Tensor | tuple[Tensor, Tensor]],
     out_dir: str | Path,
     progress: bool = True,
+    spectrum_net: nn.Module | None = None,
 ) -> dict:
     """Train ``net`` and write ``out_dir/{model,ema}.safetensors``, ``train_log.csv`` and ``provenance.json``.
+
+    ``sample_batch(n, generator)`` returns ``x0`` or ``(x0, labels)``; labels are dropped to ``cfg.null_label`` with
+    probability ``cfg.label_dropout``. A ``spectrum_net`` is trained alongside (same optimiser) and saved as
+    ``spectrum_ema.safetensors``.
 
     Resumable: ``out_dir/state.pt`` (written atomically every ``checkpoint_every`` steps) holds the weights, EMA,
     optimiser and random state; a killed run started again continues from the last checkpoint.
@@ -91,16 +132,18 @@ def train(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     gen = torch.Generator().manual_seed(cfg.seed)
-    ema = copy.deepcopy(net).requires_grad_(False)
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    bundle = _Bundle(net, spectrum_net)
+    ema_bundle = copy.deepcopy(bundle).requires_grad_(False)
+    ema = ema_bundle.net
+    opt = torch.optim.AdamW(bundle.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     warm = max(cfg.warmup_steps, 1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, 0.001 + (1 - 0.001) * i / warm))
     start, elapsed = 0, 0.0
     state_path, log_path = out_dir / "state.pt", out_dir / "train_log.csv"
     if state_path.exists():
         state = torch.load(state_path, weights_only=False)
-        net.load_state_dict(state["net"])
-        ema.load_state_dict(state["ema"])
+        bundle.load_state_dict(state["net"])
+        ema_bundle.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
         gen.set_state(state["gen"])
@@ -110,17 +153,22 @@ def train(
                 desc=f"train {cfg.method}", mininterval=5)
     t0 = time.perf_counter()
     for step in pbar:
-        x0 = sample_batch(cfg.batch_size, gen)
-        loss = training_loss(net, cfg, x0, gen).mean()
+        batch = sample_batch(cfg.batch_size, gen)
+        x0, y = batch if isinstance(batch, tuple) else (batch, None)
+        if y is not None:
+            y = drop_labels(y, cfg.label_dropout, cfg.null_label, gen)
+        loss = training_loss(net, cfg, x0, gen, y, spectrum_net).mean()
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"non-finite loss {loss.item()} at step {step + 1}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(bundle.parameters(), cfg.grad_clip)
         opt.step()
         sched.step()
         beta = karras_ema_beta(step + 1, cfg.ema_gamma)
         with torch.no_grad():
-            for pe, p in zip(ema.parameters(), net.parameters(), strict=True):
+            for pe, p in zip(ema_bundle.parameters(), bundle.parameters(), strict=True):
                 pe.lerp_(p, 1 - beta)
         if (step + 1) % 50 == 0 or step == start:
             log_rows.append((step + 1, loss.item(), elapsed + time.perf_counter() - t0))
@@ -128,7 +176,7 @@ def train(
         if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
             _append_log(log_path, log_rows)
             log_rows = []
-            io.torch_save_atomic({"net": net.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+            io.torch_save_atomic({"net": bundle.state_dict(), "ema": ema_bundle.state_dict(), "opt": opt.state_dict(),
                                   "sched": sched.state_dict(), "gen": gen.get_state(), "step": step + 1,
                                   "elapsed": elapsed + time.perf_counter() - t0}, state_path)
     elapsed += time.perf_counter() - t0
@@ -136,6 +184,8 @@ def train(
     meta = {"steps": cfg.steps, "train_seconds": round(elapsed, 2)}
     io.save_safetensors(net.state_dict(), out_dir / "model.safetensors", meta)
     io.save_safetensors(ema.state_dict(), out_dir / "ema.safetensors", meta)
+    if spectrum_net is not None:
+        io.save_safetensors(ema_bundle.spectrum.state_dict(), out_dir / "spectrum_ema.safetensors", meta)
     num_params = sum(p.numel() for p in net.parameters())
     return {"train": asdict(cfg), "train_seconds": round(elapsed, 2), "num_parameters": num_params,
             "seconds_per_step": round(elapsed / max(cfg.steps - start, 1), 5)}

@@ -6,11 +6,13 @@ sys.path.insert(0, workflow.basedir)
 
 from gmflow.harness import registry
 from gmflow.harness.config import validate_config
+from gmflow.harness.sweeps import TAG_PATTERN, image_points, parse_tag
 
 validate_config(config)
 
 RES = config["results"]
-TOY = config["toy"]
+TOY = config.get("toy")
+IMG = config.get("images")
 THREADS = config["threads"]
 ROOT = workflow.basedir
 # Every rule calls the project's CLI with the python on PATH (the set-up script puts .venv/bin first; a conda env
@@ -21,7 +23,9 @@ ENV = f"{ROOT}/environment.yml"
 
 
 wildcard_constraints:
-    dataset="|".join(registry.DATASETS_2D),
+    dataset="|".join(registry.DATASETS),
+    extractor="|".join(re.escape(e) for e in registry.FEATURE_EXTRACTORS),
+    tag=re.sub(r"\(\?P<\w+>", "(?:", TAG_PATTERN),
     run="[A-Za-z0-9][A-Za-z0-9-]*",
     solver="|".join(re.escape(s) for s in registry.SOLVERS),
     nfe=r"\d+",
@@ -54,3 +58,37 @@ def metric_files_2d():
         for seed in TOY["sample"]["seeds"]
     ]
     return files
+
+
+# ---------------------------------------------------------------------------------------------------------- images
+
+
+def image_run_option(run, key):
+    spec = IMG["runs"][run]
+    return spec.get(key, IMG["train"][key])
+
+
+def image_metric_files():
+    """Every (sample set, extractor) metric file of the image sweeps, and the NLL of every GMFlow run."""
+    d = IMG["dataset"]
+    files = [
+        f"{RES}/images/{d}/{p['run']}/metrics/{p['tag']}_{e}.csv"
+        for p in image_points(IMG)
+        for e in p["extractors"]
+    ]
+    files += [
+        f"{RES}/images/{d}/{run}/nll_seed0.csv" for run, spec in IMG["runs"].items() if spec["method"] == "gmflow"
+    ]
+    return files
+
+
+IMAGE_NOTEBOOKS = ["fig6_nfe", "fig7_table3_k", "table2_guidance", "table4_ablation", "fig8_grids"]
+
+
+def final_targets():
+    out = []
+    if TOY is not None:
+        out += [f"{RES}/reports/2d_toy.html"]
+    if IMG is not None:
+        out += [f"{RES}/reports/{nb}.html" for nb in IMAGE_NOTEBOOKS]
+    return out

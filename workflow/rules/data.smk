@@ -7,7 +7,7 @@ rule reference_2d:
     log:
         f"{RES}/logs/reference_2d/{{dataset}}_seed{{seed}}.log",
     params:
-        n=TOY["reference_samples"],
+        n=lambda w: TOY["reference_samples"],
     conda:
         ENV
     resources:
@@ -24,10 +24,58 @@ rule exact_2d:
     log:
         f"{RES}/logs/exact_2d/{{dataset}}_seed{{seed}}.log",
     params:
-        n=TOY["sample"]["num_samples"],
+        n=lambda w: TOY["sample"]["num_samples"],
         stream=lambda w: int(w.seed) + 5000,
     conda:
         ENV
     shell:
         "{CLI} prepare-data --dataset {wildcards.dataset} --num-samples {params.n} --seed {params.stream}"
         " --out {output} > {log} 2>&1"
+
+
+rule classifier_images:
+    # the in-domain feature extractor: a small CNN trained on the real training split
+    output:
+        f"{RES}/images/{{dataset}}/classifier.safetensors",
+    log:
+        f"{RES}/logs/classifier/{{dataset}}.log",
+    benchmark:
+        f"{RES}/benchmarks/classifier/{{dataset}}.tsv"
+    params:
+        c=lambda w: IMG["classifier"],
+        root=lambda w: f"--data-root {IMG['data_root']}" if IMG["data_root"] else "",
+    threads: workflow.cores
+    conda:
+        ENV
+    shell:
+        "{CLI} train-classifier --dataset {wildcards.dataset} --epochs {params.c[epochs]}"
+        " --batch-size {params.c[batch_size]} --lr {params.c[lr]} {params.root} --threads {threads}"
+        " --out {output} > {log} 2>&1"
+
+
+def _classifier_input(w):
+    return [f"{RES}/images/{w.dataset}/classifier.safetensors"] if w.extractor.startswith("classifier-") else []
+
+
+rule reference_features_images:
+    # features and FID statistics of the real reference set, once per dataset and extractor
+    input:
+        _classifier_input,
+    output:
+        f"{RES}/images/{{dataset}}/reference_{{extractor}}.npz",
+    log:
+        f"{RES}/logs/reference_features/{{dataset}}_{{extractor}}.log",
+    benchmark:
+        f"{RES}/benchmarks/reference_features/{{dataset}}_{{extractor}}.tsv"
+    params:
+        r=lambda w: IMG["reference"],
+        n=lambda w: IMG["reference"]["inception_images"] if w.extractor == "inception-tf" else IMG["reference"]["num_images"],
+        cls=lambda w, input: f"--classifier {input[0]}" if len(input) else "",
+        root=lambda w: f"--data-root {IMG['data_root']}" if IMG["data_root"] else "",
+    threads: THREADS
+    conda:
+        ENV
+    shell:
+        "{CLI} reference-features --dataset {wildcards.dataset} --extractor {wildcards.extractor} {params.cls}"
+        " --split {params.r[split]} --num-images {params.n} {params.root} --threads {threads} --out {output}"
+        " > {log} 2>&1"

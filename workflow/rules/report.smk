@@ -3,7 +3,7 @@
 
 rule table_2d:
     input:
-        metric_files_2d(),
+        lambda w: metric_files_2d(),
     output:
         f"{RES}/tables/2d.csv",
     log:
@@ -49,3 +49,48 @@ rule report_2d:
         "{PY} {ROOT}/workflow/scripts/render_notebook.py --notebook {input.notebook}"
         " --out {output.notebook} --html {output.html} -p results {params.results} -p histogram_nfe {params.nfe}"
         " > {log} 2>&1"
+
+
+rule table_images:
+    input:
+        lambda w: image_metric_files(),
+    output:
+        f"{RES}/tables/images.csv",
+    log:
+        f"{RES}/logs/report/table_images.log",
+    conda:
+        ENV
+    shell:
+        "{CLI} report --inputs {input:q} --out {output} > {log} 2>&1"
+
+
+rule published_numbers:
+    # the papers' numbers, copied into the project (data/published), beside ours in every notebook
+    input:
+        f"{ROOT}/data/published/gmflow_icml2025.csv",
+    output:
+        f"{RES}/tables/published_gmflow.csv",
+    shell:
+        "cp {input} {output}"
+
+
+rule report_images:
+    input:
+        table=rules.table_images.output,
+        published=rules.published_numbers.output,
+        notebook=f"{ROOT}/notebooks/{{notebook}}.ipynb",
+    output:
+        notebook=f"{RES}/reports/{{notebook}}.ipynb",
+        html=f"{RES}/reports/{{notebook}}.html",
+    wildcard_constraints:
+        notebook="|".join(IMAGE_NOTEBOOKS),
+    log:
+        f"{RES}/logs/report/{{notebook}}.log",
+    params:
+        results=RES,
+        samples=lambda w: f"{RES}/images/{IMG['dataset']}",
+    conda:
+        ENV
+    shell:
+        "{PY} {ROOT}/workflow/scripts/render_notebook.py --notebook {input.notebook}"
+        " --out {output.notebook} --html {output.html} -p results {params.results} > {log} 2>&1"

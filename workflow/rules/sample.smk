@@ -2,17 +2,21 @@
 
 
 rule sample_2d:
+    # samples and their metrics against the exact density in one process (a 2D sample set takes seconds, so a
+    # second job start per set would double the run time); `gmflow-bench evaluate` recomputes metrics alone
     input:
         weights=rules.train_2d.output.weights,
         spec=rules.train_2d.output.spec,
+        reference=f"{RES}/2d/{{dataset}}/reference_seed{{seed}}.npz",
     output:
-        f"{RES}/2d/{{dataset}}/{{run}}/samples/{{solver}}_nfe{{nfe}}_gnone_seed{{seed}}.npz",
+        samples=f"{RES}/2d/{{dataset}}/{{run}}/samples/{{solver}}_nfe{{nfe}}_gnone_seed{{seed}}.npz",
+        metrics=f"{RES}/2d/{{dataset}}/{{run}}/metrics/{{solver}}_nfe{{nfe}}_gnone_seed{{seed}}.csv",
     log:
         f"{RES}/logs/sample_2d/{{dataset}}_{{run}}_{{solver}}_nfe{{nfe}}_seed{{seed}}.log",
     benchmark:
         f"{RES}/benchmarks/sample_2d/{{dataset}}_{{run}}_{{solver}}_nfe{{nfe}}_seed{{seed}}.tsv"
     params:
-        s=TOY["sample"],
+        s=lambda w: TOY["sample"],
         run_dir=lambda w: f"{RES}/2d/{w.dataset}/{w.run}",
     threads: THREADS
     conda:
@@ -22,4 +26,34 @@ rule sample_2d:
     shell:
         "{CLI} sample --run-dir {params.run_dir} --solver '{wildcards.solver}' --nfe {wildcards.nfe}"
         " --num-samples {params.s[num_samples]} --block-size {params.s[block_size]} --substeps {params.s[substeps]}"
-        " --seed {wildcards.seed} --threads {threads} --out '{output}' > '{log}' 2>&1"
+        " --seed {wildcards.seed} --threads {threads} --reference {input.reference} --knn-points {params.s[knn_points]}"
+        " --metrics-out '{output.metrics}' --out '{output.samples}' > '{log}' 2>&1"
+
+
+rule sample_images:
+    # one job per sweep point; the file name holds every setting that changes the samples
+    input:
+        weights=rules.train_images.output.weights,
+        spec=rules.train_images.output.spec,
+    output:
+        f"{RES}/images/{{dataset}}/{{run}}/samples/{{tag}}.npz",
+    log:
+        f"{RES}/logs/sample_images/{{dataset}}_{{run}}_{{tag}}.log",
+    benchmark:
+        f"{RES}/benchmarks/sample_images/{{dataset}}_{{run}}_{{tag}}.tsv"
+    params:
+        p=lambda w: parse_tag(w.tag),
+        s=lambda w: IMG["sample"],
+        spectral=lambda w: "--spectral" if parse_tag(w.tag)["spectral"] else "",
+        run_dir=lambda w: f"{RES}/images/{w.dataset}/{w.run}",
+    threads: THREADS
+    conda:
+        ENV
+    resources:
+        mem_mb=3000,
+    shell:
+        "{CLI} sample --run-dir {params.run_dir} --solver '{params.p[solver]}' --nfe {params.p[nfe]}"
+        " --guidance {params.p[guidance]} --guidance-scale {params.p[scale]} --orthogonal {params.p[orthogonal]}"
+        " --substeps {params.p[substeps]} {params.spectral} --num-samples {params.s[num_samples]}"
+        " --block-size {params.s[block_size]} --seed {params.p[seed]} --threads {threads} --quiet"
+        " --out '{output}' > '{log}' 2>&1"

@@ -13,7 +13,7 @@ rule train_2d:
         method=lambda w: TOY["runs"][w.run]["method"],
         K=lambda w: TOY["runs"][w.run].get("K", 1),
         trans_ratio=lambda w: run_option(w.run, "trans_ratio"),
-        t=TOY["train"],
+        t=lambda w: TOY["train"],
         out=lambda w: f"{RES}/2d/{w.dataset}/{w.run}",
     threads: THREADS
     conda:
@@ -26,5 +26,43 @@ rule train_2d:
         " --depth {params.t[depth]} --steps {params.t[steps]} --batch-size {params.t[batch_size]}"
         " --lr {params.t[lr]} --warmup-steps {params.t[warmup_steps]} --ema-gamma {params.t[ema_gamma]}"
         " --weight-scale {params.t[weight_scale]} --time-sampler {params.t[time_sampler]}"
+        " --checkpoint-every {params.t[checkpoint_every]} --seed {params.t[seed]} --threads {threads}"
+        " --out {params.out} > {log} 2>&1"
+
+
+rule train_images:
+    output:
+        weights=f"{RES}/images/{{dataset}}/{{run}}/ema.safetensors",
+        spec=f"{RES}/images/{{dataset}}/{{run}}/run.json",
+    log:
+        f"{RES}/logs/train_images/{{dataset}}_{{run}}.log",
+    benchmark:
+        f"{RES}/benchmarks/train_images/{{dataset}}_{{run}}.tsv"
+    params:
+        method=lambda w: IMG["runs"][w.run]["method"],
+        K=lambda w: IMG["runs"][w.run].get("K", 1),
+        trans_ratio=lambda w: image_run_option(w.run, "trans_ratio"),
+        t=lambda w: IMG["train"],
+        dit=lambda w: " ".join(
+            f"--{flag} {IMG['train'][key]}"
+            for key, flag in [("patch_size", "patch-size"), ("depth", "dit-depth"), ("width", "dit-width"),
+                              ("num_heads", "num-heads")]
+            if IMG["train"][key] is not None
+        ),
+        spectral=lambda w: "--spectral" if IMG["train"]["spectral"] and IMG["runs"][w.run]["method"] == "gmflow" else "",
+        root=lambda w: f"--data-root {IMG['data_root']}" if IMG["data_root"] else "",
+        out=lambda w: f"{RES}/images/{w.dataset}/{w.run}",
+    threads: THREADS
+    conda:
+        ENV
+    resources:
+        mem_mb=4000,
+    shell:
+        "{CLI} train --dataset {wildcards.dataset} --method {params.method} --num-components {params.K}"
+        " --trans-ratio {params.trans_ratio} --network {params.t[network]} {params.dit} --steps {params.t[steps]}"
+        " --batch-size {params.t[batch_size]} --lr {params.t[lr]} --weight-decay {params.t[weight_decay]}"
+        " --warmup-steps {params.t[warmup_steps]} --grad-clip {params.t[grad_clip]} --ema-gamma {params.t[ema_gamma]}"
+        " --weight-scale {params.t[weight_scale]} --time-sampler {params.t[time_sampler]}"
+        " --label-dropout {params.t[label_dropout]} {params.spectral} {params.root}"
         " --checkpoint-every {params.t[checkpoint_every]} --seed {params.t[seed]} --threads {threads}"
         " --out {params.out} > {log} 2>&1"

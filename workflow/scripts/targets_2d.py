@@ -45,7 +45,7 @@ def main() -> None:
     df = pd.read_csv(a.table)
     rows = []
     ref = tv(df, method="fm", solver="euler", nfe_budget=32)
-    for solver in ("gm-ode", "gm-sde-2"):
+    for solver in ("gm-ode", "gm-ode-2", "gm-sde-2"):
         val = tv(df, method="gmflow", K=64, solver=solver, nfe_budget=4)
         rows.append({"target": f"{solver} K=64 NFE 4 TV <= FM-Euler NFE 32 TV (checkerboard, 200x200 bins)",
                      "measured": val, "reference": ref,

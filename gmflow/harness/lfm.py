@@ -1,0 +1,216 @@
+"""Local Flow Matching harness: train one block on its pool, push pools with an on-disk cache (SPEC Part B).
+
+A pipeline trains block ``n`` with :func:`train_block` on pool ``n`` (pool 1 is the training set), pushes pool ``n``
+through the block's EMA velocity with :func:`push_pool_cached` to get pool ``n + 1``, warm-starts block ``n + 1`` from
+block ``n``'s weights (:func:`load_block_weights`; optimiser and EMA restart) and repeats; the last block is the free
+one (``h = None``). The math lives in :mod:`baselines.lfm`.
+
+Networks: any ``net(x, timestep)`` over the project's timestep units, e.g. :class:`gmflow.harness.networks.MLP2D`
+with ``head="velocity"``. Local time ``t in [0, 1]`` is fed as ``timestep = 1000 t``
+(:func:`baselines.lfm.local_time_to_timestep`), so block ``t = 1`` sits where ``sigma = 1`` does for flow matching.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from baselines.lfm import INTERPOLANTS, VelocityFn, lfm_loss, lfm_pair, local_time_to_timestep, push_pool
+from gmflow.harness import io
+from gmflow.harness.train import karras_ema_beta
+
+
+@dataclass
+class BlockTrainConfig:
+    """Hyper-parameters of one LFM block (the same for every block of a run)."""
+
+    interpolant: str = "linear"
+    steps: int = 2000
+    batch_size: int = 1024
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    ema_gamma: float = 7.0
+    checkpoint_every: int = 1000
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.interpolant not in INTERPOLANTS:
+            raise ValueError(f"interpolant must be one of {sorted(INTERPOLANTS)}, got {self.interpolant!r}")
+        if self.steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1:
+            raise ValueError(f"steps, batch_size and checkpoint_every must be >= 1, got {self.steps}, "
+                             f"{self.batch_size} and {self.checkpoint_every}")
+        if not self.lr > 0 or self.warmup_steps < 0 or self.weight_decay < 0:
+            raise ValueError(f"need lr > 0, warmup_steps >= 0, weight_decay >= 0; got {self.lr}, "
+                             f"{self.warmup_steps}, {self.weight_decay}")
+
+
+def block_velocity(net: nn.Module) -> VelocityFn:
+    """The block velocity ``v(x, t) = net(x, 1000 t)`` of a network over timesteps (``t (B,)`` local times)."""
+
+    def v(x: Tensor, t: Tensor) -> Tensor:
+        return net(x, local_time_to_timestep(t))
+
+    return v
+
+
+def load_block_weights(net: nn.Module, path: str | Path) -> nn.Module:
+    """Load a block's safetensors weights into ``net`` (warm start of the next block, or sampling)."""
+    net.load_state_dict(io.load_safetensors(path))
+    return net
+
+
+def block_seed_generator(seed: int, block_index: int) -> torch.Generator:
+    """The training generator of block ``block_index`` of run seed ``seed`` (independent streams via SeedSequence)."""
+    state = np.random.SeedSequence([seed, block_index]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1] >> 1))
+
+
+def train_block(net: nn.Module, pool: Tensor, block_index: int, h: float | None, cfg: BlockTrainConfig,
+                out_dir: str | Path, progress: bool = True) -> dict:
+    """Train LFM block ``block_index`` (1-based) on ``pool (M, C, *S)``; write ``out_dir/{model,ema}.safetensors``.
+
+    Each step draws pool rows uniformly with replacement, ``t ~ U[0, 1)`` and ``eps ~ N(0, I)``, builds
+    ``(I_t, target) = lfm_pair(x0, t, cfg.interpolant, h, eps)`` and minimises ``lfm_loss(net(I_t, 1000 t), target)``
+    with AdamW, a linear warm-up from 0.001x and a power-function EMA (as :func:`gmflow.harness.train.train`).
+    ``h = None`` trains the free block. A warm start is the caller's: load the previous block into ``net`` first.
+
+    Resumable: ``out_dir/state.pt`` (atomic, every ``checkpoint_every`` steps and at the end) holds weights, EMA,
+    optimiser, schedule and random state. A killed run started again, or a finished run called again with a larger
+    ``cfg.steps``, continues to the same weights as one uninterrupted run. Other settings must not change.
+
+    Returns:
+        A record: block, h, config, steps, train_seconds, seconds_per_step, num_parameters, final_loss.
+    """
+    if block_index < 1:
+        raise ValueError(f"block_index is 1-based, got {block_index}")
+    if h is not None and not h > 0:
+        raise ValueError(f"h must be > 0 for an OU block or None for the free block, got {h!r}")
+    pool = torch.as_tensor(pool, dtype=torch.float32)
+    if pool.dim() < 2 or pool.shape[0] < 1:
+        raise ValueError(f"pool must be (M, C, *S) with M >= 1, got shape {tuple(pool.shape)}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    identity = {k: v for k, v in asdict(cfg).items() if k != "steps"} | {"block": block_index, "h": h}
+    gen = block_seed_generator(cfg.seed, block_index)
+    ema = copy.deepcopy(net).requires_grad_(False)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warm = max(cfg.warmup_steps, 1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, 0.001 + (1 - 0.001) * i / warm))
+    start, elapsed, loss_value = 0, 0.0, float("nan")
+    state_path, log_path = out_dir / "state.pt", out_dir / "train_log.csv"
+    if state_path.exists():
+        state = torch.load(state_path, weights_only=False)
+        if state["identity"] != identity:
+            raise ValueError(f"{state_path} belongs to another run ({state['identity']}), not {identity}; "
+                             "use a new out_dir or delete the old one")
+        if state["step"] > cfg.steps:
+            raise ValueError(f"{state_path} is at step {state['step']} > cfg.steps = {cfg.steps}")
+        net.load_state_dict(state["net"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        gen.set_state(state["gen"])
+        start, elapsed, loss_value = state["step"], state["elapsed"], state["loss"]
+
+    def checkpoint(step: int, seconds: float) -> None:
+        io.torch_save_atomic({"net": net.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                              "sched": sched.state_dict(), "gen": gen.get_state(), "step": step,
+                              "elapsed": seconds, "loss": loss_value, "identity": identity}, state_path)
+
+    kind = "free" if h is None else f"h={h:.4g}"
+    pbar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress,
+                desc=f"LFM block {block_index} ({kind})", mininterval=5)
+    log_rows, t0 = [], time.perf_counter()
+    for step in pbar:
+        idx = torch.randint(pool.shape[0], (cfg.batch_size,), generator=gen)
+        x0 = pool[idx]
+        t = torch.rand(cfg.batch_size, generator=gen)
+        eps = torch.randn(x0.shape, generator=gen)
+        x_t, target = lfm_pair(x0, t, cfg.interpolant, h, eps)
+        loss = lfm_loss(net(x_t, local_time_to_timestep(t)), target).mean()
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(f"non-finite loss {loss_value} at step {step + 1} of block {block_index}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        beta = karras_ema_beta(step + 1, cfg.ema_gamma)
+        with torch.no_grad():
+            for pe, p in zip(ema.parameters(), net.parameters(), strict=True):
+                pe.lerp_(p, 1 - beta)
+        if (step + 1) % 50 == 0 or step == start:
+            log_rows.append((step + 1, loss_value, elapsed + time.perf_counter() - t0))
+            pbar.set_postfix(loss=f"{loss_value:.4f}")
+        if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+            _append_log(log_path, log_rows)
+            log_rows = []
+            checkpoint(step + 1, elapsed + time.perf_counter() - t0)
+    trained = cfg.steps - start
+    elapsed += time.perf_counter() - t0
+    _append_log(log_path, log_rows)
+    if trained > 0:
+        checkpoint(cfg.steps, elapsed)
+    meta = {"block": block_index, "h": h, "interpolant": cfg.interpolant, "steps": cfg.steps,
+            "train_seconds": round(elapsed, 2)}
+    io.save_safetensors(net.state_dict(), out_dir / "model.safetensors", meta)
+    io.save_safetensors(ema.state_dict(), out_dir / "ema.safetensors", meta)
+    return {"block": block_index, "h": h, "train": asdict(cfg), "steps": cfg.steps, "train_seconds": round(elapsed, 2),
+            "seconds_per_step": round(elapsed / max(cfg.steps, 1), 5),
+            "num_parameters": sum(p.numel() for p in net.parameters()), "final_loss": loss_value}
+
+
+def push_pool_cached(v: VelocityFn, pool: Tensor, path: str | Path, solver: str = "dopri5", nfe: int | None = None,
+                     *, rtol: float = 1e-5, atol: float = 1e-5, batch_size: int | None = None,
+                     progress: bool = True) -> tuple[Tensor, dict]:
+    """Next pool ``T_n(pool)`` (block ``t: 0 -> 1``), cached at ``path`` (``.npz`` with ``x``, ``nfe``, ``seconds``).
+
+    If ``path`` exists it is loaded and nothing is integrated. Otherwise the pool is pushed in batches of
+    ``batch_size`` (all at once if ``None``; dopri5's adaptive steps depend on the batch) and written atomically.
+
+    Args:
+        v: the block velocity (usually :func:`block_velocity` of the EMA network).
+        pool: ``(M, C, *S)``.
+        path: the cache file.
+        solver, nfe, rtol, atol: see :func:`baselines.lfm.push`.
+
+    Returns:
+        The pushed pool and a record: cached, nfe (summed over batches), nfe_per_batch, seconds.
+    """
+    path = Path(path)
+    if path.exists():
+        with np.load(path) as f:
+            x, nfes, seconds = torch.from_numpy(f["x"]), f["nfe"].tolist(), float(f["seconds"])
+        return x, {"cached": True, "nfe": int(sum(nfes)), "nfe_per_batch": nfes, "seconds": seconds}
+    pool = torch.as_tensor(pool)
+    size = pool.shape[0] if batch_size is None else batch_size
+    if size < 1:
+        raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
+    out, nfes, t0 = [], [], time.perf_counter()
+    for i in tqdm(range(0, pool.shape[0], size), desc=f"push pool -> {path.name}", disable=not progress,
+                  mininterval=5):
+        x, n = push_pool(v, pool[i : i + size], solver, nfe, rtol=rtol, atol=atol)
+        out.append(x)
+        nfes.append(n)
+    x, seconds = torch.cat(out), time.perf_counter() - t0
+    io.save_npz(path, x=x.cpu().numpy(), nfe=np.asarray(nfes, dtype=np.int64), seconds=np.float64(seconds))
+    return x, {"cached": False, "nfe": int(sum(nfes)), "nfe_per_batch": nfes, "seconds": round(seconds, 3)}
+
+
+def _append_log(path: Path, rows: list) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        w = csv.writer(f)
+        if new:
+            w.writerow(["step", "loss", "seconds"])
+        w.writerows(rows)

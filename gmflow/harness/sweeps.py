@@ -1,0 +1,101 @@
+"""Sweep points of the image experiment: the product of each configured sweep, normalised and de-duplicated.
+
+A point is one sample set: ``(run, solver, nfe, guidance, scale, orthogonal, substeps, spectral, seed)``. Options that
+do not apply to a solver are normalised away (sub-steps only for GM-ODE, spectral sampling only for GM-SDE of a run
+with a SpectrumMLP, orthogonal projection only for guided points), so two sweeps that ask for the same sample set share
+one file. The file name is a pure function of the point (:func:`point_tag`, parsed back by :data:`TAG_PATTERN`).
+"""
+
+from __future__ import annotations
+
+import re
+from itertools import product
+
+from gmflow.harness import registry
+
+GM_ODE = ("gm-ode", "gm-ode-2")
+GM_SDE = ("gm-sde", "gm-sde-2")
+EXTRACTOR_ALIASES = ("classifier", "inception-tf")
+
+TAG_PATTERN = (r"(?P<solver>[a-z0-9+-]+?)_nfe(?P<nfe>\d+)_g(?P<guidance>none|cfg|probabilistic)(?P<scale>[0-9.]+)"
+               r"_o(?P<orthogonal>[0-9.]+)_n(?P<substeps>\d+|ceil128|paper-imagenet)_sp(?P<spectral>[01])"
+               r"_seed(?P<seed>\d+)")
+
+
+def fmt(x: float) -> str:
+    """Numbers in file names: ``2.0 -> "2"``, ``0.30 -> "0.3"``."""
+    return f"{float(x):g}"
+
+
+def point_tag(p: dict) -> str:
+    return (f"{p['solver']}_nfe{p['nfe']}_g{p['guidance']}{fmt(p['scale'])}_o{fmt(p['orthogonal'])}"
+            f"_n{p['substeps']}_sp{p['spectral']}_seed{p['seed']}")
+
+
+def parse_tag(tag: str) -> dict:
+    m = re.fullmatch(TAG_PATTERN, tag)
+    if m is None:
+        raise ValueError(f"not a sample-set name: {tag!r}")
+    d = m.groupdict()
+    return {"solver": d["solver"], "nfe": int(d["nfe"]), "guidance": d["guidance"], "scale": float(d["scale"]),
+            "orthogonal": float(d["orthogonal"]), "substeps": d["substeps"], "spectral": int(d["spectral"]),
+            "seed": int(d["seed"])}
+
+
+def extractor_key(alias: str, dataset: str) -> str:
+    """Config alias -> feature-extractor registry key ('classifier' -> 'classifier-<dataset>')."""
+    return f"classifier-{dataset}" if alias == "classifier" else alias
+
+
+def image_points(images: dict) -> list[dict]:
+    """Every sample set of the configured sweeps: dicts with the point's fields, ``run``, ``tag``, ``extractors``
+    (registry keys) and ``sweeps`` (names), in a stable order."""
+    runs, train = images["runs"], images["train"]
+    seeds = images.get("sample", {}).get("seeds", [0])
+    points: dict[tuple, dict] = {}
+    for name, sw in images["sweeps"].items():
+        extractors = [extractor_key(e, images["dataset"]) for e in sw.get("extractors", ["classifier"])]
+        for run, solvers in sw["runs"].items():
+            method = runs[run]["method"]
+            guid = sw.get("guidance", {}).get(method, {}) or {"none": [0]}
+            has_spectrum = method == "gmflow" and train.get("spectral", True)
+            for solver, nfe, (mode, scales), seed in product(solvers, sw["nfe"], guid.items(), seeds):
+                for scale, orth, sub, spec in product(scales, sw.get("orthogonal", [1.0]),
+                                                      sw.get("substeps", ["paper-imagenet"]), sw.get("spectral", [1])):
+                    p = {"run": run, "solver": solver, "nfe": nfe, "guidance": mode,
+                         "scale": 0.0 if mode == "none" else float(scale),
+                         "orthogonal": 0.0 if mode == "none" else float(orth),
+                         "substeps": sub if solver in GM_ODE else 1,
+                         "spectral": int(spec) if (solver in GM_SDE and has_spectrum) else 0, "seed": seed}
+                    p["tag"] = point_tag(p)
+                    key = (run, p["tag"])
+                    q = points.setdefault(key, {**p, "extractors": [], "sweeps": []})
+                    q["extractors"] += [e for e in extractors if e not in q["extractors"]]
+                    if name not in q["sweeps"]:
+                        q["sweeps"].append(name)
+    return list(points.values())
+
+
+def check_images_config(images: dict) -> list[str]:
+    """Cross-key rules the schema cannot state; returns error messages (empty when the config is consistent)."""
+    errors = []
+    runs = images["runs"]
+    for run, spec in runs.items():
+        if spec["method"] == "gmflow" and "K" not in spec:
+            errors.append(f"config error at 'images.runs.{run}': a gmflow run needs K (number of components)")
+        if spec["method"] == "fm" and "K" in spec:
+            errors.append(f"config error at 'images.runs.{run}.K': K applies to gmflow runs only (value seen: "
+                          f"{spec['K']!r}); remove it")
+    for name, sw in images["sweeps"].items():
+        for run, solvers in sw["runs"].items():
+            where = f"images.sweeps.{name}.runs.{run}"
+            if run not in runs:
+                errors.append(f"config error at '{where}': run {run!r} is not defined in images.runs "
+                              f"(defined: {sorted(runs)})")
+                continue
+            method = runs[run]["method"]
+            for solver in solvers:
+                if solver not in registry.APPLICABLE_SOLVERS[method]:
+                    errors.append(f"config error at '{where}': solver {solver!r} does not apply to method "
+                                  f"{method!r}; choose from {sorted(registry.APPLICABLE_SOLVERS[method])}")
+    return errors
