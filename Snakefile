@@ -3,8 +3,9 @@
 #      snakemake --cores all --configfile config/ci.yaml   (tiny CI configuration)
 
 
-# The default configuration applies only when no --configfile is given (no silent merging of two configs).
-if not config:
+# The default configuration applies only when no --configfile is given (no silent merging of two configs);
+# --config key=value overrides apply on top of whichever file is used.
+if not workflow.overwrite_configfiles:
 
     configfile: "config/config.yaml"
 

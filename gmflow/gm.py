@@ -219,3 +219,37 @@ def gm_recondition(
     logstds = gm_src.logstds - 0.5 * torch.log(den)
     return GaussianMixture(means, torch.log_softmax(logits, dim=1), logstds)
 
+
+
+def gm_recondition_mean(
+    gm_src: GaussianMixture,
+    x_src: Tensor,
+    sigma_src: Tensor,
+    x_tgt: Tensor,
+    sigma_tgt: Tensor,
+    means_sq: Tensor | None = None,
+) -> Tensor:
+    """``E[x0]`` under :func:`gm_recondition` without building the re-conditioned GM (the GM-ODE sub-step).
+
+    With ``den = v zeta + 1`` one scalar per sample: ``mean = (v nu + sum_k w_k mu_k) / den``, where
+    ``w = softmax_k(log A_k + (mu_k . nu - zeta ||mu_k||^2 / 2) / den)``. ``means_sq`` = ``||mu_k||^2`` summed over
+    channels ``(B, K, 1, *S)`` may be passed in once per outer step (it does not change between sub-steps).
+
+    Returns:
+        ``(B, C, *S)``.
+    """
+    nd = x_src.dim()
+    s_src = bcast(sigma_src, nd).to(x_src).clamp(min=EPS)
+    s_tgt = bcast(sigma_tgt, nd).to(x_src).clamp(min=EPS)
+    a_src, a_tgt = 1 - s_src, 1 - s_tgt
+    zeta = (a_tgt / s_tgt).square() - (a_src / s_src).square()  # (B, 1, *1)
+    nu = a_tgt * x_tgt / s_tgt.square() - a_src * x_src / s_src.square()  # (B, C, *S)
+    v = gm_src.var.squeeze(1)  # (B, 1, *1)
+    den = (v * zeta + 1).clamp(min=EPS)  # (B, 1, *1)
+    if means_sq is None:
+        means_sq = gm_src.means.square().sum(2, keepdim=True)
+    mu = gm_src.means  # (B, K, C, *S)
+    dot = (mu * nu.unsqueeze(1)).sum(2, keepdim=True) if mu.shape[2] > 1 else mu * nu.unsqueeze(1)
+    logits = gm_src.logweights + (dot - 0.5 * zeta.unsqueeze(1) * means_sq) / den.unsqueeze(1)  # (B, K, 1, *S)
+    w = torch.softmax(logits, dim=1)
+    return (v * nu + (w * mu).sum(1)) / den

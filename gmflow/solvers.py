@@ -21,7 +21,7 @@ from gmflow.gm import (
     bcast,
     gaussian_ratio,
     gm_mul_gaussian,
-    gm_recondition,
+    gm_recondition_mean,
     sample_dims,
     u_to_x0,
 )
@@ -81,7 +81,7 @@ def second_order_gm(
     avg_var = base_g.var
     out_gm, out_g = pred.gm, (pred.target if pred.target is not None else IsoGaussian(mean_plus, avg_var))
     if cache.gm is not None:
-        mean_minus = gm_recondition(cache.gm, cache.x, cache.sigma, x_t, sigma).mean()
+        mean_minus = gm_recondition_mean(cache.gm, cache.x, cache.sigma, x_t, sigma)
         nd = x_t.dim()
         k = bcast(0.5 * h / cache.h, nd).to(x_t)
         prev_h = bcast(cache.h, nd).to(x_t)
@@ -172,9 +172,10 @@ def sample_gm_ode(
         pred = _predict(model_fn, x, s)
         gm, _ = _outer_gm(pred, x, s, s_next, order, cache, ca, cb)
         x_src = x
+        means_sq = gm.means.square().sum(2, keepdim=True) if substeps > 1 else None
         for j in range(substeps):
             s_j, s_j1 = fine[i * substeps + j], fine[i * substeps + j + 1]
-            x0 = gm.mean() if j == 0 else gm_recondition(gm, x_src, s, x, s_j).mean()
+            x0 = gm.mean() if j == 0 else gm_recondition_mean(gm, x_src, s, x, s_j, means_sq)
             x = x + (x - x0) / s_j.clamp(min=EPS) * (s_j1 - s_j)
     return x
 

@@ -13,7 +13,7 @@ def _load(name):
         return yaml.safe_load(f)
 
 
-@pytest.mark.parametrize("name", ["config", "ci"])
+@pytest.mark.parametrize("name", ["config", "ci", "paper"])
 def test_shipped_configs_are_valid(name):
     cfg = validate_config(_load(name))
     assert cfg["toy"]["sample"]["substeps"] in ("ceil128", "paper-imagenet") or isinstance(
@@ -43,6 +43,16 @@ def test_defaults_are_filled():
         (lambda c: c["toy"]["experiments"]["checkerboard"].__setitem__("nope", ["euler"]),
          "toy.experiments.checkerboard.nope", "nope"),
         (lambda c: c["toy"]["runs"].__setitem__("fm", {"method": "fm", "K": 3}), "toy.runs.fm.K", "3"),
+        (lambda c: c["images"]["train"].__setitem__("network", "dit-huge"), "images.train.network", "dit-huge"),
+        (lambda c: c["images"]["sweeps"]["nfe"]["runs"].__setitem__("fm", ["gm-ode-2"]), "images.sweeps.nfe.runs.fm",
+         "gm-ode-2"),
+        (lambda c: c["images"]["sweeps"]["nfe"]["runs"].__setitem__("gm-k99", ["gm-ode-2"]),
+         "images.sweeps.nfe.runs.gm-k99", "gm-k99"),
+        (lambda c: c["images"]["sweeps"]["guidance"]["guidance"]["gmflow"].__setitem__("probabilistic", [1.2]),
+         "images.sweeps.guidance.guidance.gmflow.probabilistic.0", "1.2"),
+        (lambda c: c["images"]["sweeps"]["guidance"]["guidance"]["fm"].__setitem__("probabilistic", [0.3]),
+         "images.sweeps.guidance.guidance.fm", "probabilistic"),
+        (lambda c: c["images"]["runs"].__setitem__("gm-k2", {"method": "gmflow"}), "images.runs.gm-k2", "K"),
     ],
 )
 def test_bad_values_name_key_and_value(mutate, key, value):
@@ -52,3 +62,11 @@ def test_bad_values_name_key_and_value(mutate, key, value):
         validate_config(cfg)
     msg = str(e.value)
     assert f"'{key}'" in msg and value in msg
+
+
+def test_images_only_config_is_valid_and_empty_config_is_not():
+    cfg = _load("ci")
+    del cfg["toy"]
+    assert "toy" not in validate_config(cfg)
+    with pytest.raises(ConfigError, match="nothing to run"):
+        validate_config({"results": "r"})

@@ -428,3 +428,21 @@ def test_float32_ratio_and_product_degenerate_inputs_are_finite():
         assert torch.isfinite(t).all()
     torch.testing.assert_close(out.means, gm.means, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(out.logweights, gm.logweights, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_recondition_mean_equals_mean_of_reconditioned_gm(channels):
+    from gmflow.gm import gm_recondition, gm_recondition_mean
+
+    g = torch.Generator().manual_seed(5)
+    b, k = 4, 6
+    gm = GaussianMixture(torch.randn(b, k, channels, 5, 3, generator=g, dtype=torch.float64),
+                         torch.log_softmax(torch.randn(b, k, 1, 5, 3, generator=g, dtype=torch.float64), 1),
+                         torch.full((b, 1, 1, 1, 1), -0.7, dtype=torch.float64))
+    x_src = torch.randn(b, channels, 5, 3, generator=g, dtype=torch.float64)
+    x_tgt = torch.randn(b, channels, 5, 3, generator=g, dtype=torch.float64)
+    s_src, s_tgt = torch.tensor([0.9, 0.5, 1.0, 0.3], dtype=torch.float64), torch.tensor([0.6, 0.2, 0.4, 0.01],
+                                                                                           dtype=torch.float64)
+    ref = gm_recondition(gm, x_src, s_src, x_tgt, s_tgt).mean()
+    fast = gm_recondition_mean(gm, x_src, s_src, x_tgt, s_tgt)
+    assert torch.allclose(fast, ref, rtol=1e-10, atol=1e-10)

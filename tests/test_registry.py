@@ -20,14 +20,29 @@ def test_schema_enums_match_registry():
     assert set(toy["experiments"]["propertyNames"]["enum"]) == set(registry.DATASETS_2D)
     method = toy["runs"]["additionalProperties"]["properties"]["method"]["enum"]
     assert set(method) == set(registry.METHODS)
-    assert set(toy["train"]["properties"]["network"]["enum"]) == set(registry.NETWORKS)
+    assert set(toy["train"]["properties"]["network"]["enum"]) == set(registry.NETWORKS_2D)
     assert set(toy["train"]["properties"]["time_sampler"]["enum"]) == set(registry.TIME_SAMPLERS)
+
+
+def test_image_schema_enums_match_registry():
+    img = load_schema()["properties"]["images"]["properties"]
+    assert set(img["dataset"]["enum"]) == set(registry.IMAGE_DATASETS)
+    assert set(img["train"]["properties"]["network"]["enum"]) == set(registry.IMAGE_NETWORKS)
+    sweep = img["sweeps"]["additionalProperties"]["properties"]
+    assert set(sweep["runs"]["additionalProperties"]["items"]["enum"]) == set(registry.SOLVERS)
+    assert set(img["runs"]["additionalProperties"]["properties"]["method"]["enum"]) == set(registry.METHODS)
+    modes = set(sweep["guidance"]["properties"]["gmflow"]["properties"]) | set(
+        sweep["guidance"]["properties"]["fm"]["properties"])
+    assert modes == set(registry.GUIDANCE)
 
 
 def test_cli_choices_match_registry():
     assert _choices("sample", "solver") == set(registry.SOLVERS)
     assert _choices("train", "method") == set(registry.METHODS)
-    assert _choices("train", "dataset") == set(registry.DATASETS_2D)
+    assert _choices("train", "dataset") == set(registry.DATASETS)
+    assert _choices("train", "network") == set(registry.NETWORKS)
+    assert _choices("sample", "guidance") == set(registry.GUIDANCE)
+    assert _choices("evaluate-images", "extractor") == set(registry.FEATURE_EXTRACTORS) - {"coords"}
 
 
 def test_every_solver_belongs_to_one_method():

@@ -52,8 +52,6 @@ class TrainConfig:
             raise ValueError(f"trans_ratio must be in (0, 1], got {self.trans_ratio}")
         if not 0 <= self.label_dropout < 1:
             raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
-        if self.label_dropout > 0 and self.null_label < 0:
-            raise ValueError("label_dropout needs the network's null_label (index of the unconditional class)")
 
 
 def sample_sigma(n: int, kind: str, shift: float, generator: torch.Generator) -> Tensor:
@@ -129,6 +127,8 @@ def train(
     Resumable: ``out_dir/state.pt`` (written atomically every ``checkpoint_every`` steps) holds the weights, EMA,
     optimiser and random state; a killed run started again continues from the last checkpoint.
     """
+    if cfg.label_dropout > 0 and cfg.null_label < 0:
+        raise ValueError("label_dropout needs the network's null_label (index of the unconditional class)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     gen = torch.Generator().manual_seed(cfg.seed)

@@ -77,6 +77,7 @@ rule published_numbers:
 rule report_images:
     input:
         table=rules.table_images.output,
+        targets=f"{RES}/benchmarks/images_targets.csv",
         published=rules.published_numbers.output,
         notebook=f"{ROOT}/notebooks/{{notebook}}.ipynb",
     output:
@@ -94,3 +95,47 @@ rule report_images:
     shell:
         "{PY} {ROOT}/workflow/scripts/render_notebook.py --notebook {input.notebook}"
         " --out {output.notebook} --html {output.html} -p results {params.results} > {log} 2>&1"
+
+
+rule bench_images:
+    # timing benchmarks; they take every core so that no other job runs beside them
+    output:
+        dit=f"{RES}/benchmarks/dit_step.csv",
+        dit_spectral=f"{RES}/benchmarks/dit_step_spectral.csv",
+        overhead=f"{RES}/benchmarks/gm_overhead.csv",
+    log:
+        f"{RES}/logs/report/bench_images.log",
+    params:
+        net=lambda w: IMG["train"]["network"],
+        batch=lambda w: IMG["train"]["batch_size"],
+        block=lambda w: IMG["sample"]["block_size"],
+    threads: workflow.cores
+    conda:
+        ENV
+    shell:
+        "({PY} {ROOT}/workflow/scripts/bench_dit.py --variant {params.net} --batch {params.batch} --threads 1"
+        " --out {output.dit}"
+        " && {PY} {ROOT}/workflow/scripts/bench_dit.py --variant {params.net} --batch {params.batch} --threads 1"
+        " --spectral --out {output.dit_spectral}"
+        " && {PY} {ROOT}/workflow/scripts/bench_gm_overhead.py --variant {params.net} --batch {params.block}"
+        " --nfe 6 --threads 1 --out {output.overhead}) > {log} 2>&1"
+
+
+rule targets_images:
+    input:
+        table=rules.table_images.output,
+        dit=rules.bench_images.output.dit,
+        dit_spectral=rules.bench_images.output.dit_spectral,
+        overhead=rules.bench_images.output.overhead,
+    output:
+        f"{RES}/benchmarks/images_targets.csv",
+    log:
+        f"{RES}/logs/report/targets_images.log",
+    params:
+        benchmarks=f"{RES}/benchmarks",
+    conda:
+        ENV
+    shell:
+        "{PY} {ROOT}/workflow/scripts/targets_images.py --table {input.table}"
+        " --dit-bench {input.dit} {input.dit_spectral} --overhead-bench {input.overhead}"
+        " --benchmarks {params.benchmarks} --out {output} > {log} 2>&1"

@@ -26,6 +26,7 @@ import torch
 from baselines.fm import fm_loss, fm_pair
 from gmflow.harness.dit import DIT_VARIANTS, build_dit, count_parameters
 from gmflow.loss import sample_transition_pair, transition_loss
+from gmflow.spectral import SpectrumMLP, spectral_training_loss
 
 
 def make_batch(net, batch: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -41,15 +42,18 @@ def make_batch(net, batch: int, generator: torch.Generator) -> dict[str, torch.T
     }
 
 
-def train_step(net, opt, b: dict[str, torch.Tensor], trans_ratio: float) -> float:
-    """One optimiser step of the head's own loss; returns the loss value."""
+def train_step(net, opt, b: dict[str, torch.Tensor], trans_ratio: float, spectrum=None) -> float:
+    """One optimiser step of the head's own loss (plus the spectral loss when ``spectrum``); returns the loss."""
     opt.zero_grad(set_to_none=True)
     if net.head == "velocity":
         x_t, u = fm_pair(b["x0"], b["eps0"], b["sigma"])
         loss = fm_loss(net(x_t, 1000 * b["sigma"], b["y"]), u).mean()
     else:
         pair = sample_transition_pair(b["x0"], b["sigma"], trans_ratio, b["eps0"], b["eps1"])
-        loss = transition_loss(net(pair.x_high, 1000 * pair.sigma_high, b["y"]), pair).mean()
+        gm = net(pair.x_high, 1000 * pair.sigma_high, b["y"])
+        loss = transition_loss(gm, pair).mean()
+        if spectrum is not None:
+            loss = loss + spectral_training_loss(spectrum, gm, b["x0"], pair.x_high, pair.sigma_high).mean()
     loss.backward()
     opt.step()
     return loss.item()
@@ -73,6 +77,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2, help="untimed repeats first (default: %(default)s)")
     p.add_argument("--trans-ratio", type=float, default=0.5, help="lambda of the GM pair (default: %(default)s)")
     p.add_argument("--grad-checkpointing", action="store_true", help="recompute blocks in backward")
+    p.add_argument("--spectral", action="store_true", help="GM step includes the SpectrumMLP's spectral loss")
     p.add_argument("--seed", type=int, default=0, help="seed of weights and data (default: %(default)s)")
     p.add_argument(
         "--out", default=None, help="CSV path (default: results/bench/dit_{variant}_b{batch}_t{threads}.csv)"
@@ -86,11 +91,15 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     out = a.out or os.path.join("results", "bench", f"dit_{a.variant}_b{a.batch}_t{a.threads}.csv")
 
-    nets, opts = {}, {}
+    nets, opts, spectrum = {}, {}, None
     for head in ("velocity", "gm"):
         torch.manual_seed(a.seed)
         nets[head] = build_dit(a.variant, head, a.num_components, grad_checkpointing=a.grad_checkpointing)
-        opts[head] = torch.optim.Adam(nets[head].parameters(), lr=1e-4)
+        params = list(nets[head].parameters())
+        if head == "gm" and a.spectral:
+            spectrum = SpectrumMLP(nets[head].config.in_channels, base_size=max(nets[head].input_hw))
+            params += list(spectrum.parameters())
+        opts[head] = torch.optim.Adam(params, lr=1e-4)
     batch = make_batch(nets["gm"], a.batch, torch.Generator().manual_seed(a.seed))
     times = {head: {"forward_s": [], "step_s": []} for head in nets}
 
@@ -103,7 +112,9 @@ def main() -> None:
             net.eval()
             t_fwd = timed(lambda net=net: forward(net))
             net.train()
-            t_step = timed(lambda net=net, head=head: train_step(net, opts[head], batch, a.trans_ratio))
+            spec = spectrum if head == "gm" else None
+            opt = opts[head]
+            t_step = timed(lambda net=net, opt=opt, spec=spec: train_step(net, opt, batch, a.trans_ratio, spec))
             if r >= a.warmup:
                 times[head]["forward_s"].append(t_fwd)
                 times[head]["step_s"].append(t_step)
@@ -120,6 +131,7 @@ def main() -> None:
                 "forward_s": round(statistics.median(times[head]["forward_s"]), 5),
                 "step_s": round(statistics.median(times[head]["step_s"]), 5),
                 "params": count_parameters(net),
+                "spectral": int(head == "gm" and a.spectral),
             }
         )
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)

@@ -1,0 +1,118 @@
+"""The image stages on the tiny digits set: class-conditional training with label dropout and the SpectrumMLP resumes
+exactly; guided and spectral sampling count their NFE; a GM model drives flow solvers through its mean; metrics rows."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from gmflow.harness import io
+from gmflow.harness.cli import main as cli
+from gmflow.harness.images import balanced_labels, image_spec, train_images
+from gmflow.harness.sampling import CountingModel
+from gmflow.harness.train import TrainConfig, drop_labels
+
+
+class _Killed(Exception):
+    pass
+
+
+def _cfg(**kw):
+    return TrainConfig(**{"method": "gmflow", "num_components": 2, "trans_ratio": 0.5, "weight_scale": 2.0,
+                          "steps": 8, "batch_size": 16, "warmup_steps": 2, "checkpoint_every": 4,
+                          "time_sampler": "logit-normal", "label_dropout": 0.1, "grad_clip": 10.0, **kw})
+
+
+def test_label_dropout_rate_and_null_class():
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(200000) % 10
+    out = drop_labels(y, 0.1, 10, g)
+    dropped = out == 10
+    assert abs(dropped.float().mean().item() - 0.1) < 0.003  # 4.5 standard errors
+    assert torch.equal(out[~dropped], y[~dropped])
+
+
+def test_killed_image_training_resumes_to_identical_weights(tmp_path, monkeypatch):
+    spec = image_spec("digits", "dit-digits-tiny", "gmflow", 2, spectral=True)
+    train_images(spec, _cfg(), tmp_path / "full", progress=False)
+    import gmflow.harness.train as train_mod
+
+    real_drop, calls = train_mod.drop_labels, {"n": 0}
+
+    def dying(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise _Killed
+        return real_drop(*a, **k)
+
+    monkeypatch.setattr(train_mod, "drop_labels", dying)
+    with pytest.raises(_Killed):
+        train_images(spec, _cfg(), tmp_path / "resumed", progress=False)
+    monkeypatch.setattr(train_mod, "drop_labels", real_drop)
+    train_images(spec, _cfg(), tmp_path / "resumed", progress=False)
+    for name in ("ema.safetensors", "model.safetensors", "spectrum_ema.safetensors"):
+        a, b = io.load_safetensors(tmp_path / "full" / name), io.load_safetensors(tmp_path / "resumed" / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def gm_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("img") / "gm"
+    assert cli(["train", "--dataset", "digits", "--method", "gmflow", "-K", "2", "--network", "dit-digits-tiny",
+                "--spectral", "--steps", "6", "--batch-size", "16", "--warmup-steps", "2", "--quiet",
+                "--out", str(out)]) == 0
+    return out
+
+
+@pytest.mark.parametrize("solver,args,forwards_per_nfe", [
+    ("gm-ode-2", ["--guidance", "probabilistic", "--guidance-scale", "0.4"], 1),
+    ("gm-sde-2", ["--spectral", "--guidance", "probabilistic", "--guidance-scale", "0.4"], 1),
+    ("gm-sde", ["--guidance", "cfg", "--guidance-scale", "2"], 1),
+    ("dpm++-2m-sde", ["--guidance", "probabilistic", "--guidance-scale", "0.4"], 1),
+    ("euler", [], 1),
+])
+def test_sampling_counts_and_writes_images(gm_run, tmp_path, solver, args, forwards_per_nfe):
+    out = tmp_path / "s.npz"
+    assert cli(["sample", "--run-dir", str(gm_run), "--solver", solver, "--nfe", "3", "--num-samples", "30",
+                "--block-size", "16", "--quiet", "--out", str(out), *args]) == 0
+    data = np.load(out)
+    rec = json.loads(str(data["record"]))
+    assert data["images"].shape == (30, 1, 8, 8) and data["images"].dtype == np.uint8
+    assert np.array_equal(data["labels"], np.arange(30) % 10)
+    assert rec["nfe"] == 3 and rec["network_forwards"] == 3 * 2 * forwards_per_nfe  # 2 blocks of 16
+    assert rec["spectral"] == int("--spectral" in args)
+
+
+def test_bad_sampling_options_are_refused(gm_run, tmp_path, capsys):
+    base = ["sample", "--run-dir", str(gm_run), "--nfe", "2", "--num-samples", "10", "--out", str(tmp_path / "x.npz")]
+    assert cli([*base, "--solver", "gm-ode", "--spectral"]) == 2
+    assert "GM-SDE" in capsys.readouterr().err
+    assert cli([*base, "--solver", "gm-ode", "--guidance", "probabilistic", "--guidance-scale", "1.5"]) == 2
+    assert "[0, 1)" in capsys.readouterr().err
+
+
+def test_gm_mean_drives_flow_solvers():
+    """A GM model used by a flow solver returns the mixture-mean velocity (unguided) and x0-mean velocity (guided)."""
+    from gmflow.gm import GaussianMixture
+
+    g = torch.Generator().manual_seed(0)
+    gm = GaussianMixture(torch.randn(3, 4, 1, 2, 2, generator=g), torch.log_softmax(torch.randn(3, 4, 1, 2, 2,
+                         generator=g), 1), torch.zeros(3, 1, 1, 1, 1))
+
+    class Net(torch.nn.Module):
+        def forward(self, x, t, y=None):
+            return GaussianMixture(gm.means.repeat(len(x) // 3, 1, 1, 1, 1),
+                                   gm.logweights.repeat(len(x) // 3, 1, 1, 1, 1),
+                                   gm.logstds.repeat(len(x) // 3, 1, 1, 1, 1))
+
+    x, sigma = torch.randn(3, 1, 2, 2, generator=g), torch.full((3,), 0.6)
+    v = CountingModel(Net(), "gmflow", as_velocity=True)(x, sigma)
+    assert torch.allclose(v, gm.mean(), atol=1e-6)
+    guided = CountingModel(Net(), "gmflow", "probabilistic", 0.0, 1.0, torch.zeros(3, dtype=torch.long), 10,
+                           as_velocity=True)(x, sigma)
+    assert torch.allclose(guided, gm.mean(), atol=1e-5)  # w-tilde = 0: the conditional GM itself
+
+
+def test_balanced_labels():
+    assert torch.equal(torch.bincount(balanced_labels(1000, 10)), torch.full((10,), 100))
