@@ -51,6 +51,29 @@ def test_dag_outputs(ci_results):
 
 
 @pytest.mark.workflow
+def test_image_dag_outputs(ci_results):
+    from gmflow.harness.config import validate_config
+    from gmflow.harness.sweeps import image_points
+
+    images = validate_config(yaml.safe_load(open(ROOT / "config/ci.yaml")))["images"]
+    df = pd.read_csv(ci_results / "tables/images.csv")
+    points = image_points(images)
+    got = {(r, s, e) for r, s, e in zip(df.run, df.sample_set, df.feature_extractor, strict=True) if e != "none"}
+    assert got == {(p["run"], p["tag"], e) for p in points for e in p["extractors"]}
+    assert df.value.notna().all()
+    assert set(df[df.metric == "nll_bits_per_dim"].run) == {r for r, s in images["runs"].items()
+                                                            if s["method"] == "gmflow"}
+    assert {"fid", "kid", "precision", "recall", "contrast_diff", "clipped_diff"} <= set(df.metric)
+    for nb in ("fig6_nfe", "fig7_table3_k", "table2_guidance", "table4_ablation", "fig8_grids"):
+        html = (ci_results / f"reports/{nb}.html").read_text()
+        assert "Traceback" not in html and "<table" in html and "<img" in html, nb
+    targets = pd.read_csv(ci_results / "benchmarks/images_targets.csv")
+    assert targets.target.str.contains("overhead").any() and targets.target.str.contains("training step").any()
+    claims = pd.read_csv(ci_results / "tables/claims.csv")
+    assert len(claims) > 5
+
+
+@pytest.mark.workflow
 def test_single_rule_reruns_alone(ci_results):
     target = str(ci_results / "2d/checkerboard/gm-k4/metrics/gm-ode-2_nfe4_gnone_seed0.csv")
     before = os.path.getmtime(target)

@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 
 from gmflow.harness import io, registry
+from gmflow.harness.lfm_cli import add_lfm_parsers
 
 TABLE_COLUMNS = ["dataset", "run", "method", "K", "solver", "guidance", "guidance_scale", "orthogonal", "nfe",
                  "nfe_budget", "substeps", "seed", "num_samples", "metric", "value", "feature_extractor",
@@ -364,6 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=_positive_int, default=1)
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_nll)
+
+    add_lfm_parsers(sub, fmt)
 
     s = sub.add_parser("report", help="concatenate long-format metric files into one table", formatter_class=fmt)
     s.add_argument("--inputs", nargs="+", required=True)

@@ -5,6 +5,10 @@ through the block's EMA velocity with :func:`push_pool_cached` to get pool ``n +
 block ``n``'s weights (:func:`load_block_weights`; optimiser and EMA restart) and repeats; the last block is the free
 one (``h = None``). The math lives in :mod:`baselines.lfm`.
 
+Distillation (paper Sec. 5.2): :func:`train_student` fits a one-step student :func:`block_student` of one block to
+teacher pairs ``(noisy side, data side)`` of that block's ODE; students of all blocks chain into an ``N``-NFE sampler
+(:func:`baselines.lfm.sample_chain_distilled`).
+
 Networks: any ``net(x, timestep)`` over the project's timestep units, e.g. :class:`gmflow.harness.networks.MLP2D`
 with ``head="velocity"``. Local time ``t in [0, 1]`` is fed as ``timestep = 1000 t``
 (:func:`baselines.lfm.local_time_to_timestep`), so block ``t = 1`` sits where ``sigma = 1`` does for flow matching.
@@ -24,7 +28,16 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from baselines.lfm import INTERPOLANTS, VelocityFn, lfm_loss, lfm_pair, local_time_to_timestep, push_pool
+from baselines.lfm import (
+    INTERPOLANTS,
+    StudentFn,
+    VelocityFn,
+    distill_loss,
+    lfm_loss,
+    lfm_pair,
+    local_time_to_timestep,
+    push_pool,
+)
 from gmflow.harness import io
 from gmflow.harness.train import karras_ema_beta
 
@@ -205,6 +218,94 @@ def push_pool_cached(v: VelocityFn, pool: Tensor, path: str | Path, solver: str 
     x, seconds = torch.cat(out), time.perf_counter() - t0
     io.save_npz(path, x=x.cpu().numpy(), nfe=np.asarray(nfes, dtype=np.int64), seconds=np.float64(seconds))
     return x, {"cached": False, "nfe": int(sum(nfes)), "nfe_per_batch": nfes, "seconds": round(seconds, 3)}
+
+
+@dataclass
+class StudentTrainConfig:
+    """Hyper-parameters of the one-step student of one block (the same for every block of a run)."""
+
+    steps: int = 500
+    batch_size: int = 1024
+    lr: float = 2e-4
+    warmup_steps: int = 50
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.steps < 1 or self.batch_size < 1 or self.warmup_steps < 0:
+            raise ValueError(f"need steps >= 1, batch_size >= 1, warmup_steps >= 0; got {self.steps}, "
+                             f"{self.batch_size}, {self.warmup_steps}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+
+
+def block_student(net: nn.Module, num_steps: int = 1) -> StudentFn:
+    """A ``k``-step student of a block over a network: ``s(x, t_j) = x - (t_j - t_{j+1}) net(x, 1000 t_j)``.
+
+    The grid is :func:`baselines.lfm.student_time_grid` (uniform, ``t_j - t_{j+1} = 1/k``). The network predicts the
+    mean velocity over the step, so a student warm-started from its teacher's weights starts as one Euler step of the
+    teacher (``k = 1``: ``x_0 = x_1 - v(x_1, 1)``).
+    """
+    dt = 1.0 / num_steps
+
+    def s(x: Tensor, t: Tensor) -> Tensor:
+        return x - dt * net(x, local_time_to_timestep(t))
+
+    return s
+
+
+def train_student(net: nn.Module, x_noisy: Tensor, x_data: Tensor, block_index: int, cfg: StudentTrainConfig,
+                  out_dir: str | Path, progress: bool = True) -> dict:
+    """Distil block ``block_index`` into the one-step student ``block_student(net)``; write ``student.safetensors``.
+
+    Teacher pairs are rows of ``x_noisy (M, C, *S)`` (the block's state at local ``t = 1``) and ``x_data (M, C, *S)``
+    (the teacher ODE's endpoint at ``t = 0`` from that state). Each step draws rows uniformly with replacement and
+    minimises ``distill_loss(student(x_noisy, 1), x_data)`` with AdamW, a linear warm-up from 0.001x and a cosine decay
+    to 0 (the last weights are the student; no EMA). Warm-start ``net`` from the teacher's weights first.
+
+    Returns:
+        A record: block, config, steps, train_seconds, num_pairs, initial_loss (the warm start, i.e. one Euler step
+        of the teacher when warm-started), final_loss (mean over the last 10% of steps).
+    """
+    x_noisy, x_data = (torch.as_tensor(a, dtype=torch.float32) for a in (x_noisy, x_data))
+    if x_noisy.shape != x_data.shape or x_noisy.dim() < 2 or x_noisy.shape[0] < 1:
+        raise ValueError(f"teacher pairs must be two (M, C, *S) arrays of one shape with M >= 1, got "
+                         f"{tuple(x_noisy.shape)} and {tuple(x_data.shape)}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = np.random.SeedSequence([cfg.seed, block_index, 1]).generate_state(2, dtype=np.uint32)  # not the teacher's
+    gen = torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1] >> 1))
+    student = block_student(net)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=0.0)
+    warm = max(cfg.warmup_steps, 1)
+
+    def lr_factor(i: int) -> float:
+        if i < warm:
+            return 0.001 + (1 - 0.001) * i / warm
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (i - warm) / max(cfg.steps - warm, 1))))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+    with torch.no_grad():
+        n = min(4096, x_noisy.shape[0])
+        ones = torch.ones(n)
+        initial = distill_loss(student(x_noisy[:n], ones), x_data[:n]).mean().item()
+    losses, t0 = [], time.perf_counter()
+    for _ in tqdm(range(cfg.steps), disable=not progress, desc=f"distil block {block_index}", mininterval=5):
+        idx = torch.randint(x_noisy.shape[0], (cfg.batch_size,), generator=gen)
+        loss = distill_loss(student(x_noisy[idx], torch.ones(cfg.batch_size)), x_data[idx]).mean()
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(f"non-finite distillation loss {loss.item()} for block {block_index}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+    elapsed = time.perf_counter() - t0
+    tail = losses[-max(1, len(losses) // 10) :]
+    meta = {"block": block_index, "kind": "student", "student_steps": 1, "steps": cfg.steps,
+            "train_seconds": round(elapsed, 2)}
+    io.save_safetensors(net.state_dict(), out_dir / "student.safetensors", meta)
+    return {"block": block_index, "distill": asdict(cfg), "steps": cfg.steps, "train_seconds": round(elapsed, 2),
+            "num_pairs": int(x_noisy.shape[0]), "initial_loss": initial, "final_loss": float(np.mean(tail))}
 
 
 def _append_log(path: Path, rows: list) -> None:

@@ -74,10 +74,35 @@ rule published_numbers:
         "cp {input} {output}"
 
 
+rule paper_tables:
+    # the paper's tables and figures from the long image table, beside the published numbers (read by the notebooks)
+    input:
+        table=rules.table_images.output,
+        published=rules.published_numbers.output,
+        script=f"{ROOT}/workflow/scripts/paper_tables.py",
+    output:
+        fig6=f"{RES}/tables/fig6_nfe.csv",
+        fig7=f"{RES}/tables/fig7_k.csv",
+        table2=f"{RES}/tables/table2_guidance.csv",
+        table3=f"{RES}/tables/table3_nll.csv",
+        table4=f"{RES}/tables/table4_ablation.csv",
+        fig8=f"{RES}/tables/fig8_pairs.csv",
+        claims=f"{RES}/tables/claims.csv",
+    log:
+        f"{RES}/logs/report/paper_tables.log",
+    params:
+        results=RES,
+    conda:
+        ENV
+    shell:
+        "{PY} {input.script} --results {params.results} > {log} 2>&1"
+
+
 rule report_images:
     input:
         table=rules.table_images.output,
         targets=f"{RES}/benchmarks/images_targets.csv",
+        paper_tables=rules.paper_tables.output,
         published=rules.published_numbers.output,
         notebook=f"{ROOT}/notebooks/{{notebook}}.ipynb",
     output:

@@ -1,0 +1,526 @@
+"""Sub-commands of Local Flow Matching on the 2D datasets (SPEC Part B): one block, one push, one sample set at a time.
+
+A chain of ``N`` blocks lives in one folder per dataset (the workflow's layout, ``workflow/rules/lfm.smk``)::
+
+    pool_0.npz            exact training sample (``prepare-data``)
+    block_{n}/            block n, trained on pool_{n-1} (ema.safetensors, run.json, resumable state.pt)
+    pool_{n}.npz          pool_{n-1} pushed through block n by dopri5 (pool_n = T_n(...T_1(pool_0)))
+    student_{n}/          one-step student of block n (teacher pairs: pool_n -> pool_{n-1})
+
+Example (the 2D checkerboard with 3 blocks; block 3 is the free one)::
+
+    gmflow-bench prepare-data --dataset checkerboard --num-samples 20000 --seed 9000 --out lfm/pool_0.npz
+    gmflow-bench lfm-train-block --dataset checkerboard --block 1 --num-blocks 3 --pool lfm/pool_0.npz \\
+        --steps 500 --out lfm/block_1
+    gmflow-bench lfm-push --block-dir lfm/block_1 --pool lfm/pool_0.npz --out lfm/pool_1.npz
+    gmflow-bench lfm-train-block --dataset checkerboard --block 2 --num-blocks 3 --pool lfm/pool_1.npz \\
+        --init-from lfm/block_1/ema.safetensors --steps 500 --out lfm/block_2
+    ...
+    gmflow-bench lfm-sample --blocks lfm/block_1 lfm/block_2 lfm/block_3 --solver heun --nfe-per-block 2 \\
+        --out lfm/samples/heun_nfe2_seed0.npz
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from gmflow.harness import io
+
+METHOD = "lfm"
+RUN = "lfm"
+FIXED_STEP_SOLVERS = ("euler", "heun")
+SAMPLE_SOLVERS = ("euler", "heun", "dopri5", "distilled")
+"""Solver keys of an LFM sample set: the block ODE solvers of :data:`baselines.lfm.SOLVERS` and the chain of one-step
+students (tests/test_lfm_workflow.py checks them against the library and the config schema)."""
+
+
+def _positive_int(s: str) -> int:
+    v = int(s)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {s}")
+    return v
+
+
+def _nonneg_int(s: str) -> int:
+    v = int(s)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {s}")
+    return v
+
+
+def _positive_float(s: str) -> float:
+    v = float(s)
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {s}")
+    return v
+
+
+def _args(a: argparse.Namespace) -> dict:
+    return {k: v for k, v in vars(a).items() if k != "func"}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Files of a chain
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def load_pool(path: str | Path) -> torch.Tensor:
+    """A pool ``(M, 2)`` float32 from an ``.npz``: key ``x`` (a pushed pool) or ``samples`` (``prepare-data``)."""
+    with np.load(path) as f:
+        for key in ("x", "samples"):
+            if key in f:
+                return torch.from_numpy(np.ascontiguousarray(f[key], dtype=np.float32))
+    raise ValueError(f"{path} holds neither 'x' (a pushed pool) nor 'samples' (an exact sample)")
+
+
+def _build_net(width: int, depth: int) -> torch.nn.Module:
+    from gmflow.harness.networks import MLP2D
+
+    return MLP2D("velocity", 1, width, depth)
+
+
+def _read_spec(folder: str | Path) -> dict:
+    p = Path(folder) / "run.json"
+    if not p.exists():
+        raise FileNotFoundError(f"{folder} has no run.json: train the block first (gmflow-bench lfm-train-block)")
+    return json.loads(p.read_text())
+
+
+def load_block(folder: str | Path) -> tuple[torch.nn.Module, dict]:
+    """The EMA network of a trained block folder and its run.json."""
+    spec = _read_spec(folder)
+    net = _build_net(spec["width"], spec["depth"])
+    net.load_state_dict(io.load_safetensors(Path(folder) / "ema.safetensors"))
+    return net.eval().requires_grad_(False), spec
+
+
+def load_student(folder: str | Path) -> tuple[torch.nn.Module, dict]:
+    """The network of a distilled student folder and its run.json."""
+    spec = _read_spec(folder)
+    if spec.get("kind") != "student":
+        raise ValueError(f"{folder} is not a student folder (kind {spec.get('kind')!r}); run gmflow-bench lfm-distill")
+    net = _build_net(spec["width"], spec["depth"])
+    net.load_state_dict(io.load_safetensors(Path(folder) / "student.safetensors"))
+    return net.eval().requires_grad_(False), spec
+
+
+def _check_chain(specs: list[dict]) -> None:
+    """Folders must be blocks 1..N of one chain, in training order."""
+    n = len(specs)
+    for i, s in enumerate(specs, start=1):
+        if s["block"] != i or s["num_blocks"] != n:
+            raise ValueError(f"folder {i} of the chain is block {s['block']} of {s['num_blocks']}; pass the folders of "
+                             f"blocks 1..{n} of one chain in training order (block 1 first)")
+    if len({(s["dataset"], s["interpolant"]) for s in specs}) != 1:
+        raise ValueError("the folders of a chain must share one dataset and interpolant")
+
+
+def _digest(*arrays) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else a)
+        h.update(str((a.dtype, a.shape)).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# lfm-train-block
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def block_h(block: int, num_blocks: int, c: float, rho: float) -> float | None:
+    """OU step of block ``n`` from the schedule ``h_n = c rho^{n-1}`` (SPEC B.1), ``None`` for the free block ``N``."""
+    from baselines.lfm import step_sizes
+
+    if not 1 <= block <= num_blocks:
+        raise ValueError(f"block must be in 1..num_blocks = 1..{num_blocks}, got {block}")
+    hs = step_sizes(c, rho, num_blocks)
+    return hs[block - 1] if block < num_blocks else None
+
+
+def _resume_or_restart(out: Path, fingerprint: dict, restart: bool) -> str:
+    """Keep ``out/state.pt`` only if it was trained from the same inputs and settings (all but the step count).
+
+    A job restarted after a crash resumes; a block whose pool, warm start or settings changed (an upstream block was
+    retrained, say) starts again, so a stale state is never continued. Returns what was done, for the log.
+    """
+    state, record = out / "state.pt", out / "inputs.json"
+    previous = json.loads(record.read_text()) if record.exists() else None
+    action = "fresh"
+    if state.exists():
+        if restart or previous != fingerprint:
+            state.unlink()
+            (out / "train_log.csv").unlink(missing_ok=True)
+            action = "restarted (--restart)" if restart else "restarted (inputs or settings changed)"
+        else:
+            action = "resumed"
+    io.write_json(fingerprint, record)
+    return action
+
+
+def cmd_train_block(a) -> None:
+    from gmflow.harness.lfm import BlockTrainConfig, load_block_weights, train_block
+
+    torch.set_num_threads(a.threads)
+    h = block_h(a.block, a.num_blocks, a.step_c, a.step_rho)
+    if a.block == 1 and a.init_from:
+        raise ValueError(f"block 1 has no previous block to warm-start from: drop --init-from {a.init_from}")
+    cfg = BlockTrainConfig(interpolant=a.interpolant, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
+                           warmup_steps=a.warmup_steps, ema_gamma=a.ema_gamma, checkpoint_every=a.checkpoint_every,
+                           seed=a.seed)
+    pool = load_pool(a.pool)
+    torch.manual_seed(a.seed * 1000 + a.block)
+    net = _build_net(a.width, a.depth)
+    init = None
+    if a.init_from:
+        init = io.load_safetensors(a.init_from)
+        load_block_weights(net, a.init_from)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    fingerprint = {"pool_sha256": _digest(pool), "init_sha256": _digest(*init.values()) if init else None,
+                   "dataset": a.dataset, "block": a.block, "num_blocks": a.num_blocks, "h": h, "width": a.width,
+                   "depth": a.depth, **{k: v for k, v in vars(cfg).items() if k != "steps"}}
+    action = _resume_or_restart(out, fingerprint, a.restart)
+    print(f"block {a.block}/{a.num_blocks} ({'free' if h is None else f'h = {h:.6g}'}): {action}", flush=True)
+    record = train_block(net, pool, a.block, h, cfg, out, progress=not a.quiet)
+    spec = {"network": "mlp2d", "method": METHOD, "kind": "block", "dataset": a.dataset, "block": a.block,
+            "num_blocks": a.num_blocks, "h": h, "interpolant": a.interpolant, "width": a.width, "depth": a.depth,
+            "sample_shape": [2], "pool_size": int(pool.shape[0]), "warm_start": a.init_from is not None,
+            "resume": action}
+    io.write_json({**spec, **record}, out / "run.json")
+    io.write_json(io.provenance(_args(a), kind="lfm-block", **record), out / "provenance.json")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# lfm-push
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def cmd_push(a) -> None:
+    from gmflow.harness.lfm import block_velocity, push_pool_cached
+
+    out = Path(a.out)
+    if out.exists():  # the cache: a pushed pool is never recomputed (delete it to push again)
+        print(f"{out} exists: nothing to do")
+        return
+    torch.set_num_threads(a.threads)
+    net, spec = load_block(a.block_dir)
+    pool = load_pool(a.pool)
+    nfe = a.nfe if a.solver != "dopri5" else None
+    x, rec = push_pool_cached(block_velocity(net), pool, out, a.solver, nfe, rtol=a.rtol, atol=a.atol,
+                              batch_size=a.batch_size, progress=not a.quiet)
+    sizes = [min(a.batch_size, len(pool) - i) for i in range(0, len(pool), a.batch_size)]
+    rec.update(block=spec["block"], num_blocks=spec["num_blocks"], h=spec["h"], solver=a.solver, rtol=a.rtol,
+               atol=a.atol, batch_size=a.batch_size, pool_size=int(len(pool)),
+               nfe_per_sample=float(np.dot(sizes, rec["nfe_per_batch"]) / len(pool)),
+               pool_mean=x.mean(0).tolist(), pool_cov=torch.cov(x.T.double()).tolist())
+    io.write_json(io.provenance(_args(a), kind="lfm-push", **rec), out.with_suffix(".json"))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# lfm-sample
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def generate_chain(chain: list[torch.nn.Module], solver: str, nfe_per_block: int | None, num_samples: int, seed: int,
+                   block_size: int, rtol: float = 1e-5, atol: float = 1e-5,
+                   progress: bool = True) -> tuple[np.ndarray, dict]:
+    """Draw ``num_samples`` from a chain (blocks, or students for ``solver = "distilled"``), counting every NFE.
+
+    Sample ``i`` starts from the noise of stream ``(seed, i // block_size)`` (:func:`sampling.block_generator`, the
+    same noise as the other 2D samplers). The fixed-step solvers and the students use the same NFE for every sample;
+    dopri5 adapts to each stream's batch, so its NFE is averaged over samples (per block and in total).
+
+    Returns:
+        samples ``(num_samples, 2)`` float32 and a record with ``nfe`` (per sample, summed over blocks),
+        ``nfe_per_block`` (block 1 first) and ``sample_seconds``.
+    """
+    from tqdm import tqdm
+
+    from baselines.lfm import sample_chain, sample_chain_distilled
+    from gmflow.harness.lfm import block_student, block_velocity
+    from gmflow.harness.sampling import block_generator
+
+    if solver in FIXED_STEP_SOLVERS and nfe_per_block is None:
+        raise ValueError(f"{solver} needs --nfe-per-block")
+    if solver in ("dopri5", "distilled") and nfe_per_block is not None:
+        raise ValueError(f"{solver} takes no --nfe-per-block (dopri5 adapts; a student is one evaluation)")
+    fns = [block_student(n) if solver == "distilled" else block_velocity(n) for n in chain]
+    out, per_block, sizes, t0 = [], [], [], time.perf_counter()
+    with torch.no_grad():
+        for b in tqdm(range(-(-num_samples // block_size)), desc=f"lfm {solver}", disable=not progress, mininterval=5):
+            n = min(block_size, num_samples - b * block_size)
+            z = torch.randn((n, 2), generator=block_generator(seed, b))
+            if solver == "distilled":
+                res = sample_chain_distilled(fns, z, 1)
+            else:
+                res = sample_chain(fns, z, solver, nfe_per_block, rtol=rtol, atol=atol)
+            out.append(res.x.float().numpy())
+            per_block.append(res.nfe_per_block)
+            sizes.append(n)
+    if solver != "dopri5" and len(set(per_block)) != 1:
+        raise RuntimeError(f"NFE differed between sample streams: {sorted(set(per_block))}")
+    mean_per_block = np.average(np.asarray(per_block, dtype=np.float64), axis=0, weights=sizes)
+    exact = len(set(per_block)) == 1
+    per_block_out = [int(v) for v in per_block[0]] if exact else [round(float(v), 2) for v in mean_per_block]
+    total = int(sum(per_block[0])) if exact else round(float(mean_per_block.sum()), 2)
+    if solver in FIXED_STEP_SOLVERS:
+        budget = nfe_per_block
+    elif solver == "distilled":
+        budget = 1
+    else:  # adaptive: the budget is what it used
+        budget = 0
+    record = {"solver": solver, "nfe": total, "nfe_per_block": per_block_out,
+              "nfe_budget": budget * len(chain) if budget else round(float(total)), "nfe_per_block_budget": budget,
+              "nfe_min": int(min(sum(p) for p in per_block)), "nfe_max": int(max(sum(p) for p in per_block)),
+              "sample_seconds": round(time.perf_counter() - t0, 3), "num_samples": num_samples,
+              "block_size": block_size, "seed": seed}
+    if solver == "dopri5":
+        record.update(rtol=rtol, atol=atol)
+    return np.concatenate(out), record
+
+
+def _table_record(specs: list[dict], rec: dict) -> dict:
+    """The columns of the 2D long table (``cli.TABLE_COLUMNS``) for an LFM sample set."""
+    return {"dataset": specs[0]["dataset"], "run": RUN, "method": METHOD, "K": 0, "guidance": "none",
+            "guidance_scale": 0.0, "orthogonal": 0.0, "substeps": 1, "num_blocks": len(specs),
+            "interpolant": specs[0]["interpolant"], "train_steps": int(sum(s["steps"] for s in specs)), **rec}
+
+
+def cmd_sample(a) -> None:
+    from gmflow.harness import cli
+
+    torch.set_num_threads(a.threads)
+    if a.metrics_out and not a.reference:
+        raise ValueError("--metrics-out needs --reference (the exact reference sample of the dataset)")
+    loader = load_student if a.solver == "distilled" else load_block
+    loaded = [loader(d) for d in a.blocks]
+    specs = [s for _, s in loaded]
+    _check_chain(specs)
+    nfe = a.nfe_per_block if a.solver in FIXED_STEP_SOLVERS else None
+    if a.solver not in FIXED_STEP_SOLVERS and a.nfe_per_block is not None:
+        raise ValueError(f"--nfe-per-block applies to euler and heun, not {a.solver!r}")
+    x, rec = generate_chain([n for n, _ in loaded], a.solver, nfe, a.num_samples, a.seed, a.block_size, a.rtol,
+                            a.atol, progress=not a.quiet)
+    rec = _table_record(specs, rec)
+    if a.solver == "distilled":
+        rec["distill_steps"] = int(sum(s["steps"] for s in specs))
+        rec["train_steps"] = int(sum(s["teacher_steps"] for s in specs))
+    out = Path(a.out)
+    io.save_npz(out, samples=x, record=json.dumps(rec))
+    io.write_json(io.provenance(_args(a), kind="lfm-sample", **rec), out.with_suffix(".json"))
+    if a.metrics_out:  # evaluate in the same process, as the other 2D samplers
+        io.save_csv(cli._metric_rows_2d(x, rec, np.load(a.reference)["samples"], a.knn_points), a.metrics_out)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# lfm-nll
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def chain_nll(chain: list[torch.nn.Module], x: np.ndarray, num_steps: int, method: str = "rk4",
+              batch_size: int = 1000) -> tuple[np.ndarray, int]:
+    """``-log p_model(x)`` (nats) of points ``x (M, 2)`` through the chain's ODE (exact divergence, SPEC B.1).
+
+    Returns:
+        ``(M,)`` negative log-likelihoods and the counted block evaluations per point.
+    """
+    from baselines.lfm import NFECounter, log_likelihood
+    from gmflow.harness.lfm import block_velocity
+
+    out, nfe = [], 0
+    for i in range(0, len(x), batch_size):
+        fns = [NFECounter(block_velocity(n)) for n in chain]
+        xb = torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size], dtype=np.float32))
+        out.append(-log_likelihood(fns, xb, num_steps, method).double().numpy())
+        nfe = sum(f.nfe for f in fns)
+    return np.concatenate(out), nfe
+
+
+def nll_rows(dataset: str, nll: np.ndarray, data_logp: np.ndarray, rec: dict) -> pd.DataFrame:
+    """Long-format rows: model NLL, data NLL (the entropy estimate) and their gap, an estimate of KL(data || model).
+
+    ``E_data[-log p_model] - E_data[-log p_data] = KL(p_data || p_model)``; both means are over the same exact points,
+    so the gap's standard error is that of the per-point differences.
+    """
+    from gmflow.harness import cli
+
+    gap = nll + data_logp
+    n = len(nll)
+    values = {"nll": nll.mean(), "nll_se": nll.std(ddof=1) / math.sqrt(n) if n > 1 else float("nan"),
+              "data_nll": -data_logp.mean(), "kl_estimate": gap.mean(),
+              "kl_estimate_se": gap.std(ddof=1) / math.sqrt(n) if n > 1 else float("nan")}
+    base = {k: rec.get(k) for k in cli.TABLE_COLUMNS}
+    rows = [{**base, "dataset": dataset, "metric": m, "value": float(v), "feature_extractor": "exact-density"}
+            for m, v in values.items()]
+    return pd.DataFrame(rows, columns=cli.TABLE_COLUMNS)
+
+
+def cmd_nll(a) -> None:
+    from gmflow.harness.data2d import get_dataset_2d
+
+    torch.set_num_threads(a.threads)
+    loaded = [load_block(d) for d in a.blocks]
+    specs = [s for _, s in loaded]
+    _check_chain(specs)
+    ds = get_dataset_2d(specs[0]["dataset"])
+    if not hasattr(ds, "log_prob"):
+        raise ValueError(f"dataset {ds.name!r} has no exact log-density: its NLL gap cannot be computed")
+    ref = np.load(a.reference)["samples"]
+    if a.num_points > len(ref):
+        raise ValueError(f"--num-points {a.num_points} > {len(ref)} points in {a.reference}; lower it or draw a "
+                         "larger reference sample")
+    x = ref[: a.num_points].astype(np.float64)
+    t0 = time.perf_counter()
+    nll, nfe = chain_nll([n for n, _ in loaded], x, a.num_steps, a.method, a.batch_size)
+    data_logp = ds.log_prob(x)
+    if not np.isfinite(data_logp).all():
+        raise ValueError(f"{a.reference} holds points outside the support of {ds.name!r}: not an exact sample")
+    rec = _table_record(specs, {"solver": a.method, "nfe": nfe, "nfe_budget": nfe, "seed": a.seed,
+                                "num_samples": a.num_points})
+    rec.update(num_steps_per_block=a.num_steps, seconds=round(time.perf_counter() - t0, 2))
+    io.save_csv(nll_rows(ds.name, nll, data_logp, rec), a.out)
+    io.write_json(io.provenance(_args(a), kind="lfm-nll", **rec), Path(a.out).with_suffix(".json"))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# lfm-distill
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def cmd_distill(a) -> None:
+    from gmflow.harness.lfm import StudentTrainConfig, train_student
+
+    torch.set_num_threads(a.threads)
+    teacher, spec = load_block(a.block_dir)
+    x_data, x_noisy = load_pool(a.pool_in), load_pool(a.pool_out)
+    if x_data.shape != x_noisy.shape:
+        raise ValueError(f"--pool-in {tuple(x_data.shape)} and --pool-out {tuple(x_noisy.shape)} differ: pass the "
+                         f"block's pool and the same pool pushed through the block")
+    net = _build_net(spec["width"], spec["depth"])
+    net.load_state_dict(teacher.state_dict())  # warm start: the student starts as one Euler step of the teacher
+    cfg = StudentTrainConfig(steps=a.steps, batch_size=a.batch_size, lr=a.lr, warmup_steps=a.warmup_steps,
+                             seed=a.seed)
+    record = train_student(net, x_noisy, x_data, spec["block"], cfg, a.out, progress=not a.quiet)
+    keep = ("network", "dataset", "block", "num_blocks", "h", "interpolant", "width", "depth", "sample_shape")
+    out = {**{k: spec[k] for k in keep}, "method": METHOD, "kind": "student", "teacher_steps": spec["steps"],
+           "teacher_train_seconds": spec["train_seconds"], **record}
+    io.write_json(out, Path(a.out) / "run.json")
+    io.write_json(io.provenance(_args(a), kind="lfm-distill", **record), Path(a.out) / "provenance.json")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Parsers
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def add_lfm_parsers(sub, fmt) -> None:
+    """Add the LFM sub-commands to the ``gmflow-bench`` sub-parsers ``sub`` (help formatter ``fmt``)."""
+    from baselines.lfm import INTERPOLANTS, SOLVERS
+    from gmflow.harness import registry
+
+    ex = "example: gmflow-bench {} (see the module docstring of gmflow.harness.lfm_cli for a whole chain)"
+
+    s = sub.add_parser("lfm-train-block", help="LFM: train block n of a chain on its pool (resumable)",
+                       formatter_class=fmt, epilog=ex.format(
+                           "lfm-train-block --dataset gmm2d --block 2 --num-blocks 9 --pool lfm/pool_1.npz "
+                           "--init-from lfm/block_1/ema.safetensors --out lfm/block_2"))
+    s.add_argument("--dataset", choices=registry.DATASETS_2D, required=True)
+    s.add_argument("--block", type=_positive_int, required=True, help="block index n (1-based); n = N is the free one")
+    s.add_argument("--num-blocks", type=_positive_int, required=True, help="N, including the free block")
+    s.add_argument("--step-c", type=_positive_float, default=0.025, help="h_n = c rho^(n-1)")
+    s.add_argument("--step-rho", type=_positive_float, default=1.25, help="h_n = c rho^(n-1)")
+    s.add_argument("--pool", required=True, help="block n's pool .npz (pool_{n-1}; pool_0 = the training sample)")
+    s.add_argument("--init-from", default=None, help="warm start: block n-1's ema.safetensors")
+    s.add_argument("--interpolant", choices=sorted(INTERPOLANTS), default="linear")
+    s.add_argument("--width", type=_positive_int, default=256)
+    s.add_argument("--depth", type=_positive_int, default=3)
+    s.add_argument("--steps", type=_positive_int, default=667)
+    s.add_argument("--batch-size", type=_positive_int, default=1024)
+    s.add_argument("--lr", type=_positive_float, default=2e-4)
+    s.add_argument("--warmup-steps", type=_nonneg_int, default=50)
+    s.add_argument("--ema-gamma", type=float, default=7.0)
+    s.add_argument("--checkpoint-every", type=_positive_int, default=1000)
+    s.add_argument("--seed", type=_nonneg_int, default=0)
+    s.add_argument("--restart", action="store_true", help="discard a saved state and train from the start")
+    s.add_argument("--threads", type=_positive_int, default=1)
+    s.add_argument("--quiet", action="store_true")
+    s.add_argument("--out", required=True, help="block folder")
+    s.set_defaults(func=cmd_train_block)
+
+    s = sub.add_parser("lfm-push", help="LFM: push a pool through a trained block (t: 0 -> 1), cached",
+                       formatter_class=fmt, epilog=ex.format(
+                           "lfm-push --block-dir lfm/block_1 --pool lfm/pool_0.npz --out lfm/pool_1.npz"))
+    s.add_argument("--block-dir", required=True)
+    s.add_argument("--pool", required=True, help="the block's pool .npz")
+    s.add_argument("--solver", choices=SOLVERS, default="dopri5")
+    s.add_argument("--nfe", type=_positive_int, default=None, help="evaluations per block (euler / heun only)")
+    s.add_argument("--rtol", type=_positive_float, default=1e-5)
+    s.add_argument("--atol", type=_positive_float, default=1e-5)
+    s.add_argument("--batch-size", type=_positive_int, default=10000, help="points per dopri5 solve")
+    s.add_argument("--threads", type=_positive_int, default=1)
+    s.add_argument("--quiet", action="store_true")
+    s.add_argument("--out", required=True, help="next pool .npz (left alone if it exists)")
+    s.set_defaults(func=cmd_push)
+
+    s = sub.add_parser("lfm-sample", help="LFM: sample a chain (blocks N..1), counting every NFE",
+                       formatter_class=fmt, epilog=ex.format(
+                           "lfm-sample --blocks lfm/block_1 lfm/block_2 --solver heun --nfe-per-block 2 "
+                           "--reference ref.npz --metrics-out m.csv --out s.npz"))
+    s.add_argument("--blocks", nargs="+", required=True,
+                   help="block folders (students for 'distilled') of blocks 1..N, block 1 first")
+    s.add_argument("--solver", choices=SAMPLE_SOLVERS, required=True)
+    s.add_argument("--nfe-per-block", type=_positive_int, default=None, help="euler / heun: evaluations per block")
+    s.add_argument("--rtol", type=_positive_float, default=1e-5, help="dopri5")
+    s.add_argument("--atol", type=_positive_float, default=1e-5, help="dopri5")
+    s.add_argument("--num-samples", type=_positive_int, default=50000)
+    s.add_argument("--block-size", type=_positive_int, default=10000, help="samples per noise stream")
+    s.add_argument("--reference", default=None, help="exact reference sample to evaluate against")
+    s.add_argument("--metrics-out", default=None, help="also write the 2D metrics (long-format .csv)")
+    s.add_argument("--knn-points", type=_positive_int, default=10000)
+    s.add_argument("--seed", type=_nonneg_int, default=0)
+    s.add_argument("--threads", type=_positive_int, default=1)
+    s.add_argument("--quiet", action="store_true")
+    s.add_argument("--out", required=True, help="output .npz")
+    s.set_defaults(func=cmd_sample)
+
+    s = sub.add_parser("lfm-nll", help="LFM: exact NLL of held-out data points and its gap to the data entropy",
+                       formatter_class=fmt, epilog=ex.format(
+                           "lfm-nll --blocks lfm/block_1 lfm/block_2 --reference ref.npz --out nll.csv"))
+    s.add_argument("--blocks", nargs="+", required=True, help="block folders of blocks 1..N, block 1 first")
+    s.add_argument("--reference", required=True, help="exact data sample (held out from the training pool)")
+    s.add_argument("--num-points", type=_positive_int, default=2000, help="the reference's first points")
+    s.add_argument("--num-steps", type=_positive_int, default=10, help="fixed ODE steps per block")
+    s.add_argument("--method", choices=("rk4", "euler"), default="rk4")
+    s.add_argument("--batch-size", type=_positive_int, default=1000)
+    s.add_argument("--seed", type=_nonneg_int, default=0, help="the reference's seed (a table column)")
+    s.add_argument("--threads", type=_positive_int, default=1)
+    s.add_argument("--out", required=True, help="output long-format .csv")
+    s.set_defaults(func=cmd_nll)
+
+    s = sub.add_parser("lfm-distill", help="LFM: distil one block into a one-step student",
+                       formatter_class=fmt, epilog=ex.format(
+                           "lfm-distill --block-dir lfm/block_2 --pool-in lfm/pool_1.npz --pool-out lfm/pool_2.npz "
+                           "--out lfm/student_2"))
+    s.add_argument("--block-dir", required=True, help="the teacher block")
+    s.add_argument("--pool-in", required=True, help="the block's pool (data side: the teacher's t = 0 endpoints)")
+    s.add_argument("--pool-out", required=True, help="the pool pushed through the block (t = 1 inputs)")
+    s.add_argument("--steps", type=_positive_int, default=300)
+    s.add_argument("--batch-size", type=_positive_int, default=1024)
+    s.add_argument("--lr", type=_positive_float, default=2e-4)
+    s.add_argument("--warmup-steps", type=_nonneg_int, default=20)
+    s.add_argument("--seed", type=_nonneg_int, default=0)
+    s.add_argument("--threads", type=_positive_int, default=1)
+    s.add_argument("--quiet", action="store_true")
+    s.add_argument("--out", required=True, help="student folder")
+    s.set_defaults(func=cmd_distill)
