@@ -59,6 +59,9 @@ def validate_config(config: dict) -> dict:
         errors = check_images_config(config["images"])
         if errors:
             raise ConfigError(errors[0])
+    if "lfm" in config:
+        from gmflow.harness.lfm_config import check_lfm_config
+        check_lfm_config(config)
     return config
 
 

@@ -44,7 +44,7 @@ rule classifier_images:
     params:
         c=lambda w: IMG["classifier"],
         root=lambda w: f"--data-root {IMG['data_root']}" if IMG["data_root"] else "",
-    threads: workflow.cores
+    threads: THREADS
     conda:
         ENV
     shell:

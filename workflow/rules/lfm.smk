@@ -1,0 +1,278 @@
+# Local Flow Matching (SPEC Part B), a baseline of the 2D experiment. Every block is its own job: it trains on its
+# pool (warm-started from the block before) and its pool is pushed through it by dopri5. The cached outputs make a
+# chain resume at the block where it stopped, and one block can be rerun alone (with what depends on it):
+#   {RES}/lfm/{dataset}/pool_0.npz             exact training sample
+#   {RES}/lfm/{dataset}/block_{n}/             block n trained on pool_{n-1}: ema.safetensors, run.json (state.pt)
+#   {RES}/lfm/{dataset}/pool_{n}.npz (+ .json) pool_{n-1} pushed through block n (counted NFE, seconds)
+#   {RES}/lfm/{dataset}/student_{n}/           one-step student of block n (teacher pairs pool_n -> pool_{n-1})
+#   {RES}/lfm/{dataset}/samples|metrics/{solver}_{setting}_seed{seed}.npz|.csv, setting nfe{per block} or tol{tol}
+#   {RES}/lfm/{dataset}/metrics/nll_seed{seed}.csv    exact NLL of held-out points and its gap to the data entropy
+# Needs common.smk (RES, CLI, PY, ENV, THREADS) and data.smk (reference_2d); included after them.
+from gmflow.harness.lfm_config import POOL_STREAM, sample_settings
+
+LFM = config.get("lfm")
+LFM_SOLVERS = ["euler", "heun", "dopri5", "distilled"]
+
+
+def lfm_blocks():
+    return range(1, LFM["num_blocks"] + 1)
+
+
+def lfm_chain(dataset, solver):
+    """The folders of blocks 1..N (students for the distilled chain), block 1 first."""
+    kind = "student" if solver == "distilled" else "block"
+    return [f"{RES}/lfm/{dataset}/{kind}_{n}" for n in lfm_blocks()]
+
+
+def lfm_chain_weights(w):
+    name = "student.safetensors" if w.lfm_solver == "distilled" else "ema.safetensors"
+    return [f"{d}/{name}" for d in lfm_chain(w.dataset, w.lfm_solver)]
+
+
+def lfm_solver_options(w):
+    if w.lfm_solver in ("euler", "heun"):
+        return f"--nfe-per-block {w.setting.removeprefix('nfe')}"
+    if w.lfm_solver == "dopri5":
+        tol = w.setting.removeprefix("tol")
+        return f"--rtol {tol} --atol {tol}"
+    return ""
+
+
+def lfm_metric_files():
+    files = []
+    for d in LFM["datasets"]:
+        for seed in LFM["sample"]["seeds"]:
+            files += [f"{RES}/lfm/{d}/metrics/{s}_{setting}_seed{seed}.csv" for s, setting in sample_settings(LFM)]
+            if LFM["nll"]["num_points"] > 0:
+                files.append(f"{RES}/lfm/{d}/metrics/nll_seed{seed}.csv")
+    return files
+
+
+def lfm_report_inputs():
+    """Every file the LFM notebook reads besides the tables: block records, push records, student records."""
+    N = LFM["num_blocks"]
+    pushed = range(1, N + 1) if LFM["distill"]["steps"] > 0 else range(1, N)
+    files = []
+    for d in LFM["datasets"]:
+        files += [f"{RES}/lfm/{d}/block_{n}/run.json" for n in lfm_blocks()]
+        files += [f"{RES}/lfm/{d}/pool_{n}.json" for n in pushed]
+        if LFM["distill"]["steps"] > 0:
+            files += [f"{RES}/lfm/{d}/student_{n}/run.json" for n in lfm_blocks()]
+    return files
+
+
+def lfm_final_targets():
+    """The LFM part of `rule all`: the rendered report (it needs every LFM output). Empty without an lfm section."""
+    return [f"{RES}/reports/lfm_2d.html"] if LFM is not None else []
+
+
+rule lfm_pool:
+    # pool_0: the finite training sample of the chain (data stream POOL_STREAM + seed, disjoint from the references)
+    output:
+        f"{RES}/lfm/{{dataset}}/pool_0.npz",
+    log:
+        f"{RES}/logs/lfm/pool_{{dataset}}.log",
+    params:
+        n=lambda w: LFM["pool_size"],
+        stream=lambda w: POOL_STREAM + LFM["train"]["seed"],
+    conda:
+        ENV
+    resources:
+        mem_mb=1000,
+    shell:
+        "{CLI} prepare-data --dataset {wildcards.dataset} --num-samples {params.n} --seed {params.stream}"
+        " --out {output} > {log} 2>&1"
+
+
+rule lfm_train_block:
+    # resumable from block_{n}/state.pt (kept across job restarts; dropped when the pool, the warm start or a
+    # setting other than the step count changed)
+    input:
+        pool=lambda w: f"{RES}/lfm/{w.dataset}/pool_{int(w.n) - 1}.npz",
+        init=lambda w: [f"{RES}/lfm/{w.dataset}/block_{int(w.n) - 1}/ema.safetensors"] if int(w.n) > 1 else [],
+    output:
+        weights=f"{RES}/lfm/{{dataset}}/block_{{n}}/ema.safetensors",
+        spec=f"{RES}/lfm/{{dataset}}/block_{{n}}/run.json",
+    wildcard_constraints:
+        n=r"[1-9]\d*",
+    log:
+        f"{RES}/logs/lfm/train_{{dataset}}_block{{n}}.log",
+    benchmark:
+        f"{RES}/benchmarks/lfm/train_{{dataset}}_block{{n}}.tsv"
+    params:
+        L=lambda w: LFM,
+        t=lambda w: LFM["train"],
+        init=lambda w, input: f"--init-from {input.init[0]}" if input.init else "",
+        out=lambda w: f"{RES}/lfm/{w.dataset}/block_{w.n}",
+    threads: THREADS
+    conda:
+        ENV
+    resources:
+        mem_mb=2000,
+    shell:
+        "{CLI} lfm-train-block --dataset {wildcards.dataset} --block {wildcards.n} --num-blocks {params.L[num_blocks]}"
+        " --step-c {params.L[step_c]} --step-rho {params.L[step_rho]} --interpolant {params.L[interpolant]}"
+        " --pool {input.pool} {params.init} --width {params.t[width]} --depth {params.t[depth]}"
+        " --steps {params.t[steps_per_block]} --batch-size {params.t[batch_size]} --lr {params.t[lr]}"
+        " --warmup-steps {params.t[warmup_steps]} --ema-gamma {params.t[ema_gamma]}"
+        " --checkpoint-every {params.t[checkpoint_every]} --seed {params.t[seed]} --threads {threads} --quiet"
+        " --out {params.out} > {log} 2>&1"
+
+
+rule lfm_push:
+    # pool_n = block n's pool pushed through it (t: 0 -> 1); pool_N (through the free block) feeds distillation only
+    input:
+        weights=f"{RES}/lfm/{{dataset}}/block_{{n}}/ema.safetensors",
+        pool=lambda w: f"{RES}/lfm/{w.dataset}/pool_{int(w.n) - 1}.npz",
+    output:
+        pool=f"{RES}/lfm/{{dataset}}/pool_{{n}}.npz",
+        record=f"{RES}/lfm/{{dataset}}/pool_{{n}}.json",
+    wildcard_constraints:
+        n=r"[1-9]\d*",
+    log:
+        f"{RES}/logs/lfm/push_{{dataset}}_block{{n}}.log",
+    benchmark:
+        f"{RES}/benchmarks/lfm/push_{{dataset}}_block{{n}}.tsv"
+    params:
+        p=lambda w: LFM["push"],
+        block=lambda w: f"{RES}/lfm/{w.dataset}/block_{w.n}",
+    threads: THREADS
+    conda:
+        ENV
+    resources:
+        mem_mb=2000,
+    shell:
+        "{CLI} lfm-push --block-dir {params.block} --pool {input.pool} --solver dopri5 --rtol {params.p[rtol]}"
+        " --atol {params.p[atol]} --batch-size {params.p[batch_size]} --threads {threads} --quiet"
+        " --out {output.pool} > {log} 2>&1"
+
+
+rule lfm_distill:
+    # teacher pairs (pool_n, pool_{n-1}) are block n's dopri5 flow on its pool: no extra teacher solves
+    input:
+        weights=f"{RES}/lfm/{{dataset}}/block_{{n}}/ema.safetensors",
+        pool_in=lambda w: f"{RES}/lfm/{w.dataset}/pool_{int(w.n) - 1}.npz",
+        pool_out=f"{RES}/lfm/{{dataset}}/pool_{{n}}.npz",
+    output:
+        weights=f"{RES}/lfm/{{dataset}}/student_{{n}}/student.safetensors",
+        spec=f"{RES}/lfm/{{dataset}}/student_{{n}}/run.json",
+    wildcard_constraints:
+        n=r"[1-9]\d*",
+    log:
+        f"{RES}/logs/lfm/distill_{{dataset}}_block{{n}}.log",
+    benchmark:
+        f"{RES}/benchmarks/lfm/distill_{{dataset}}_block{{n}}.tsv"
+    params:
+        d=lambda w: LFM["distill"],
+        seed=lambda w: LFM["train"]["seed"],
+        block=lambda w: f"{RES}/lfm/{w.dataset}/block_{w.n}",
+        out=lambda w: f"{RES}/lfm/{w.dataset}/student_{w.n}",
+    threads: THREADS
+    conda:
+        ENV
+    resources:
+        mem_mb=2000,
+    shell:
+        "{CLI} lfm-distill --block-dir {params.block} --pool-in {input.pool_in} --pool-out {input.pool_out}"
+        " --steps {params.d[steps]} --batch-size {params.d[batch_size]} --lr {params.d[lr]}"
+        " --warmup-steps {params.d[warmup_steps]} --seed {params.seed} --threads {threads} --quiet"
+        " --out {params.out} > {log} 2>&1"
+
+
+rule lfm_sample:
+    # samples and their 2D metrics in one process, as sample_2d; the NFE in each record is counted
+    input:
+        chain=lfm_chain_weights,
+        reference=f"{RES}/2d/{{dataset}}/reference_seed{{seed}}.npz",
+    output:
+        samples=f"{RES}/lfm/{{dataset}}/samples/{{lfm_solver}}_{{setting}}_seed{{seed}}.npz",
+        metrics=f"{RES}/lfm/{{dataset}}/metrics/{{lfm_solver}}_{{setting}}_seed{{seed}}.csv",
+    wildcard_constraints:
+        lfm_solver="|".join(LFM_SOLVERS),
+        setting=r"nfe\d+|tol[0-9.e+-]+",
+    log:
+        f"{RES}/logs/lfm/sample_{{dataset}}_{{lfm_solver}}_{{setting}}_seed{{seed}}.log",
+    benchmark:
+        f"{RES}/benchmarks/lfm/sample_{{dataset}}_{{lfm_solver}}_{{setting}}_seed{{seed}}.tsv"
+    params:
+        s=lambda w: LFM["sample"],
+        chain=lambda w: " ".join(lfm_chain(w.dataset, w.lfm_solver)),
+        opts=lfm_solver_options,
+    threads: THREADS
+    conda:
+        ENV
+    resources:
+        mem_mb=3000,
+    shell:
+        "{CLI} lfm-sample --blocks {params.chain} --solver {wildcards.lfm_solver} {params.opts}"
+        " --num-samples {params.s[num_samples]} --block-size {params.s[block_size]} --seed {wildcards.seed}"
+        " --reference {input.reference} --knn-points {params.s[knn_points]} --threads {threads} --quiet"
+        " --metrics-out {output.metrics} --out {output.samples} > {log} 2>&1"
+
+
+rule lfm_nll:
+    input:
+        chain=lambda w: [f"{d}/ema.safetensors" for d in lfm_chain(w.dataset, "block")],
+        reference=f"{RES}/2d/{{dataset}}/reference_seed{{seed}}.npz",
+    output:
+        f"{RES}/lfm/{{dataset}}/metrics/nll_seed{{seed}}.csv",
+    log:
+        f"{RES}/logs/lfm/nll_{{dataset}}_seed{{seed}}.log",
+    benchmark:
+        f"{RES}/benchmarks/lfm/nll_{{dataset}}_seed{{seed}}.tsv"
+    params:
+        n=lambda w: LFM["nll"],
+        chain=lambda w: " ".join(lfm_chain(w.dataset, "block")),
+    threads: THREADS
+    conda:
+        ENV
+    resources:
+        mem_mb=2000,
+    shell:
+        "{CLI} lfm-nll --blocks {params.chain} --reference {input.reference} --num-points {params.n[num_points]}"
+        " --num-steps {params.n[num_steps]} --seed {wildcards.seed} --threads {threads} --out {output} > {log} 2>&1"
+
+
+rule lfm_table:
+    input:
+        lambda w: lfm_metric_files(),
+    output:
+        f"{RES}/tables/lfm_2d.csv",
+    log:
+        f"{RES}/logs/lfm/table.log",
+    conda:
+        ENV
+    shell:
+        "{CLI} report --inputs {input:q} --out {output} > {log} 2>&1"
+
+
+rule lfm_published:
+    # the LFM paper's numbers as read in reviews of its submission (SECOND-HAND), shown beside ours
+    input:
+        f"{ROOT}/data/published/lfm_2024.csv",
+    output:
+        f"{RES}/tables/published_lfm.csv",
+    shell:
+        "cp {input} {output}"
+
+
+rule lfm_report:
+    # after the 2D table, so that FM and GMFlow are always shown beside LFM
+    input:
+        table=rules.lfm_table.output,
+        table_2d=f"{RES}/tables/2d.csv",
+        published=rules.lfm_published.output,
+        records=lambda w: lfm_report_inputs(),
+        notebook=f"{ROOT}/notebooks/lfm_2d.ipynb",
+    output:
+        notebook=f"{RES}/reports/lfm_2d.ipynb",
+        html=f"{RES}/reports/lfm_2d.html",
+    log:
+        f"{RES}/logs/lfm/report.log",
+    params:
+        results=RES,
+    conda:
+        ENV
+    shell:
+        "{PY} {ROOT}/workflow/scripts/render_notebook.py --notebook {input.notebook}"
+        " --out {output.notebook} --html {output.html} -p results {params.results} > {log} 2>&1"
