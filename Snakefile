@@ -17,8 +17,10 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/sample.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/lfm.smk"
 
 
 rule all:
     input:
         final_targets(),
+        lfm_final_targets(),

@@ -66,7 +66,7 @@ def test_bad_values_name_key_and_value(mutate, key, value):
 
 def test_images_only_config_is_valid_and_empty_config_is_not():
     cfg = _load("ci")
-    del cfg["toy"]
+    del cfg["toy"], cfg["lfm"]  # the LFM baseline is part of the 2D experiment
     assert "toy" not in validate_config(cfg)
     with pytest.raises(ConfigError, match="nothing to run"):
         validate_config({"results": "r"})

@@ -347,11 +347,13 @@ def chain_nll(chain: list[torch.nn.Module], x: np.ndarray, num_steps: int, metho
     return np.concatenate(out), nfe
 
 
-def nll_rows(dataset: str, nll: np.ndarray, data_logp: np.ndarray, rec: dict) -> pd.DataFrame:
+def nll_rows(dataset: str, nll: np.ndarray, data_logp: np.ndarray, rec: dict,
+             nll_half: np.ndarray | None = None) -> pd.DataFrame:
     """Long-format rows: model NLL, data NLL (the entropy estimate) and their gap, an estimate of KL(data || model).
 
     ``E_data[-log p_model] - E_data[-log p_data] = KL(p_data || p_model)``; both means are over the same exact points,
-    so the gap's standard error is that of the per-point differences.
+    so the gap's standard error is that of the per-point differences. ``nll_half`` (the same points with half the ODE
+    steps) gives the row ``nll_half_steps``: far from ``nll``, the ODE is not resolved at this step count.
     """
     from gmflow.harness import cli
 
@@ -360,6 +362,8 @@ def nll_rows(dataset: str, nll: np.ndarray, data_logp: np.ndarray, rec: dict) ->
     values = {"nll": nll.mean(), "nll_se": nll.std(ddof=1) / math.sqrt(n) if n > 1 else float("nan"),
               "data_nll": -data_logp.mean(), "kl_estimate": gap.mean(),
               "kl_estimate_se": gap.std(ddof=1) / math.sqrt(n) if n > 1 else float("nan")}
+    if nll_half is not None:
+        values["nll_half_steps"] = nll_half.mean()
     base = {k: rec.get(k) for k in cli.TABLE_COLUMNS}
     rows = [{**base, "dataset": dataset, "metric": m, "value": float(v), "feature_extractor": "exact-density"}
             for m, v in values.items()]
@@ -367,13 +371,24 @@ def nll_rows(dataset: str, nll: np.ndarray, data_logp: np.ndarray, rec: dict) ->
 
 
 def cmd_nll(a) -> None:
+    from gmflow.harness import cli
     from gmflow.harness.data2d import get_dataset_2d
 
     torch.set_num_threads(a.threads)
-    loaded = [load_block(d) for d in a.blocks]
-    specs = [s for _, s in loaded]
-    _check_chain(specs)
-    ds = get_dataset_2d(specs[0]["dataset"])
+    if a.flow_run:  # a flow-matching run is one free block with the linear interpolant (local time = sigma)
+        net, spec = cli.load_run(a.flow_run)
+        if spec["method"] != "fm":
+            raise ValueError(f"{a.flow_run} is a {spec['method']!r} run; --flow-run takes a flow-matching run")
+        chain, dataset = [net.requires_grad_(False)], spec["dataset"]
+        rec = {"dataset": dataset, "run": Path(a.flow_run).name, "method": "fm", "K": 0, "guidance": "none",
+               "guidance_scale": 0.0, "orthogonal": 0.0, "substeps": 1, "train_steps": spec["train"]["steps"]}
+    else:
+        loaded = [load_block(d) for d in a.blocks]
+        specs = [s for _, s in loaded]
+        _check_chain(specs)
+        chain, dataset = [n for n, _ in loaded], specs[0]["dataset"]
+        rec = _table_record(specs, {})
+    ds = get_dataset_2d(dataset)
     if not hasattr(ds, "log_prob"):
         raise ValueError(f"dataset {ds.name!r} has no exact log-density: its NLL gap cannot be computed")
     ref = np.load(a.reference)["samples"]
@@ -381,15 +396,15 @@ def cmd_nll(a) -> None:
         raise ValueError(f"--num-points {a.num_points} > {len(ref)} points in {a.reference}; lower it or draw a "
                          "larger reference sample")
     x = ref[: a.num_points].astype(np.float64)
-    t0 = time.perf_counter()
-    nll, nfe = chain_nll([n for n, _ in loaded], x, a.num_steps, a.method, a.batch_size)
     data_logp = ds.log_prob(x)
     if not np.isfinite(data_logp).all():
         raise ValueError(f"{a.reference} holds points outside the support of {ds.name!r}: not an exact sample")
-    rec = _table_record(specs, {"solver": a.method, "nfe": nfe, "nfe_budget": nfe, "seed": a.seed,
-                                "num_samples": a.num_points})
-    rec.update(num_steps_per_block=a.num_steps, seconds=round(time.perf_counter() - t0, 2))
-    io.save_csv(nll_rows(ds.name, nll, data_logp, rec), a.out)
+    t0 = time.perf_counter()
+    nll, nfe = chain_nll(chain, x, a.num_steps, a.method, a.batch_size)
+    nll_half = chain_nll(chain, x, a.num_steps // 2, a.method, a.batch_size)[0] if a.num_steps >= 2 else None
+    rec.update(solver=a.method, nfe=nfe, nfe_budget=nfe, seed=a.seed, num_samples=a.num_points,
+               num_steps_per_block=a.num_steps, seconds=round(time.perf_counter() - t0, 2))
+    io.save_csv(nll_rows(ds.name, nll, data_logp, rec, nll_half), a.out)
     io.write_json(io.provenance(_args(a), kind="lfm-nll", **rec), Path(a.out).with_suffix(".json"))
 
 
@@ -497,10 +512,13 @@ def add_lfm_parsers(sub, fmt) -> None:
     s = sub.add_parser("lfm-nll", help="LFM: exact NLL of held-out data points and its gap to the data entropy",
                        formatter_class=fmt, epilog=ex.format(
                            "lfm-nll --blocks lfm/block_1 lfm/block_2 --reference ref.npz --out nll.csv"))
-    s.add_argument("--blocks", nargs="+", required=True, help="block folders of blocks 1..N, block 1 first")
+    g = s.add_mutually_exclusive_group(required=True)
+    g.add_argument("--blocks", nargs="+", help="block folders of blocks 1..N, block 1 first")
+    g.add_argument("--flow-run", help="instead: a flow-matching run folder (one flow over sigma 0 -> 1), to compare")
     s.add_argument("--reference", required=True, help="exact data sample (held out from the training pool)")
     s.add_argument("--num-points", type=_positive_int, default=2000, help="the reference's first points")
-    s.add_argument("--num-steps", type=_positive_int, default=10, help="fixed ODE steps per block")
+    s.add_argument("--num-steps", type=_positive_int, default=10,
+                   help="fixed ODE steps per block (also reported at half as many, a convergence check)")
     s.add_argument("--method", choices=("rk4", "euler"), default="rk4")
     s.add_argument("--batch-size", type=_positive_int, default=1000)
     s.add_argument("--seed", type=_nonneg_int, default=0, help="the reference's seed (a table column)")

@@ -7,11 +7,12 @@
 #   {RES}/lfm/{dataset}/student_{n}/           one-step student of block n (teacher pairs pool_n -> pool_{n-1})
 #   {RES}/lfm/{dataset}/samples|metrics/{solver}_{setting}_seed{seed}.npz|.csv, setting nfe{per block} or tol{tol}
 #   {RES}/lfm/{dataset}/metrics/nll_seed{seed}.csv    exact NLL of held-out points and its gap to the data entropy
+#   {RES}/lfm/{dataset}/metrics/nll-flow_{run}_seed{seed}.csv   the same for the 2D sweep's flow-matching runs
 # Needs common.smk (RES, CLI, PY, ENV, THREADS) and data.smk (reference_2d); included after them.
+from gmflow.harness.lfm_cli import SAMPLE_SOLVERS as LFM_SOLVERS
 from gmflow.harness.lfm_config import POOL_STREAM, sample_settings
 
 LFM = config.get("lfm")
-LFM_SOLVERS = ["euler", "heun", "dopri5", "distilled"]
 
 
 def lfm_blocks():
@@ -45,7 +46,14 @@ def lfm_metric_files():
             files += [f"{RES}/lfm/{d}/metrics/{s}_{setting}_seed{seed}.csv" for s, setting in sample_settings(LFM)]
             if LFM["nll"]["num_points"] > 0:
                 files.append(f"{RES}/lfm/{d}/metrics/nll_seed{seed}.csv")
+                files += [f"{RES}/lfm/{d}/metrics/nll-flow_{run}_seed{seed}.csv" for run in lfm_flow_runs(d)]
     return files
+
+
+def lfm_flow_runs(dataset):
+    """The flow-matching runs of the 2D sweep on this dataset: their NLL is computed the same way, for comparison."""
+    runs = TOY["experiments"].get(dataset, {})
+    return [r for r in runs if TOY["runs"][r]["method"] == "fm"]
 
 
 def lfm_report_inputs():
@@ -231,6 +239,32 @@ rule lfm_nll:
     shell:
         "{CLI} lfm-nll --blocks {params.chain} --reference {input.reference} --num-points {params.n[num_points]}"
         " --num-steps {params.n[num_steps]} --seed {wildcards.seed} --threads {threads} --out {output} > {log} 2>&1"
+
+
+rule lfm_nll_flow:
+    # the same NLL of a flow-matching run of the 2D sweep (one flow; as many ODE steps as the whole LFM chain)
+    input:
+        weights=f"{RES}/2d/{{dataset}}/{{run}}/ema.safetensors",
+        spec=f"{RES}/2d/{{dataset}}/{{run}}/run.json",
+        reference=f"{RES}/2d/{{dataset}}/reference_seed{{seed}}.npz",
+    output:
+        f"{RES}/lfm/{{dataset}}/metrics/nll-flow_{{run}}_seed{{seed}}.csv",
+    log:
+        f"{RES}/logs/lfm/nll-flow_{{dataset}}_{{run}}_seed{{seed}}.log",
+    benchmark:
+        f"{RES}/benchmarks/lfm/nll-flow_{{dataset}}_{{run}}_seed{{seed}}.tsv"
+    params:
+        n=lambda w: LFM["nll"],
+        steps=lambda w: LFM["nll"]["num_steps"] * LFM["num_blocks"],
+        run_dir=lambda w: f"{RES}/2d/{w.dataset}/{w.run}",
+    threads: THREADS
+    conda:
+        ENV
+    resources:
+        mem_mb=2000,
+    shell:
+        "{CLI} lfm-nll --flow-run {params.run_dir} --reference {input.reference} --num-points {params.n[num_points]}"
+        " --num-steps {params.steps} --seed {wildcards.seed} --threads {threads} --out {output} > {log} 2>&1"
 
 
 rule lfm_table:
