@@ -93,3 +93,39 @@ def test_bad_config_fails_before_any_job(tmp_path):
     out = proc.stdout + proc.stderr
     assert "'threads'" in out and "0 is less than the minimum" in out
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.workflow
+def test_lfm_outputs(ci_results):
+    cfg = yaml.safe_load(open(ROOT / "config/ci.yaml"))["lfm"]
+    n = cfg["num_blocks"]
+    df = pd.read_csv(ci_results / "tables/lfm_2d.csv")
+    lfm = df[df.method == "lfm"]
+    assert set(zip(lfm.dataset, lfm.solver, strict=True)) == {
+        (d, s) for d in cfg["datasets"] for s in ("euler", "heun", "dopri5", "distilled", "rk4")}
+    fixed = lfm[lfm.solver.isin(["euler", "heun"])]
+    assert set(zip(fixed.solver, fixed.nfe, strict=True)) == {("euler", n * 1), ("heun", n * 2)}
+    assert set(lfm[lfm.solver == "distilled"].nfe) == {n}
+    assert (lfm[lfm.solver == "dopri5"].nfe >= 2 * n).all()
+    for d in cfg["datasets"]:
+        assert {"nll", "nll_half_steps", "data_nll", "kl_estimate"} <= set(lfm[lfm.dataset == d].metric)
+        assert all((ci_results / f"lfm/{d}/block_{b}/state.pt").exists() for b in range(1, n + 1))
+    assert {"nll", "data_nll"} <= set(df[(df.method == "fm") & (df.dataset == "checkerboard")].metric)
+    assert df.value.notna().all()
+    html = (ci_results / "reports/lfm_2d.html").read_text()
+    assert "Local Flow Matching" in html and "SECOND-HAND" in html and "<img" in html and "Traceback" not in html
+
+
+@pytest.mark.workflow
+def test_lfm_block_reruns_alone(ci_results):
+    block = str(ci_results / "lfm/checkerboard/block_2/ema.safetensors")
+    table = str(ci_results / "tables/lfm_2d.csv")
+    proc = _run([table, "--forcerun", block, "--dry-run"], ci_results)
+    trained = {line.split("output: ")[1].split(",")[0] for line in proc.stdout.splitlines()
+               if "output: " in line and "/block_" in line and "ema.safetensors" in line}
+    assert trained == {str(ci_results / f"lfm/checkerboard/block_{b}/ema.safetensors") for b in (2, 3)}
+    assert "lfm_pool" not in proc.stdout and "reference_2d" not in proc.stdout
+    before = os.path.getmtime(block)
+    _run([table, "--forcerun", block], ci_results)
+    assert os.path.getmtime(block) > before
+    assert "resumed" in (ci_results / "logs/lfm/train_checkerboard_block2.log").read_text()
