@@ -192,6 +192,18 @@ def gm_mul_gaussian(gm: GaussianMixture, g: IsoGaussian) -> GaussianMixture:
     return GaussianMixture(means, torch.log_softmax(logits, dim=1), 0.5 * torch.log(var.clamp(min=1e-30)))
 
 
+def _x0_likelihood_ratio(x_src: Tensor, sigma_src: Tensor, x_tgt: Tensor, sigma_tgt: Tensor) -> tuple[Tensor, Tensor]:
+    """Precision ``zeta (B, 1, *1)`` and natural mean ``nu (B, C, *S)`` of ``N(x_tgt; a_tgt x0, s_tgt^2) /
+    N(x_src; a_src x0, s_src^2)`` as a Gaussian in x0 (sigmas floored at 1e-6)."""
+    nd = x_src.dim()
+    s_src = bcast(sigma_src, nd).to(x_src).clamp(min=EPS)
+    s_tgt = bcast(sigma_tgt, nd).to(x_src).clamp(min=EPS)
+    a_src, a_tgt = 1 - s_src, 1 - s_tgt
+    zeta = (a_tgt / s_tgt).square() - (a_src / s_src).square()
+    nu = a_tgt * x_tgt / s_tgt.square() - a_src * x_src / s_src.square()
+    return zeta, nu
+
+
 def gm_recondition(
     gm_src: GaussianMixture, x_src: Tensor, sigma_src: Tensor, x_tgt: Tensor, sigma_tgt: Tensor
 ) -> GaussianMixture:
@@ -204,12 +216,7 @@ def gm_recondition(
     ``logit' = log A_k + (mu_k . nu - zeta ||mu_k||^2 / 2) / (v zeta + 1)``.
     Requires ``sigma_tgt < sigma_src`` (zeta > 0). Sigmas are floored at 1e-6.
     """
-    nd = x_src.dim()
-    s_src = bcast(sigma_src, nd).to(x_src).clamp(min=EPS)
-    s_tgt = bcast(sigma_tgt, nd).to(x_src).clamp(min=EPS)
-    a_src, a_tgt = 1 - s_src, 1 - s_tgt
-    zeta = (a_tgt / s_tgt).square() - (a_src / s_src).square()  # (B, 1, *1)
-    nu = a_tgt * x_tgt / s_tgt.square() - a_src * x_src / s_src.square()  # (B, C, *S)
+    zeta, nu = _x0_likelihood_ratio(x_src, sigma_src, x_tgt, sigma_tgt)
     zeta, nu = zeta.unsqueeze(1), nu.unsqueeze(1)
     v = gm_src.var
     den = (v * zeta + 1).clamp(min=EPS)
@@ -238,12 +245,7 @@ def gm_recondition_mean(
     Returns:
         ``(B, C, *S)``.
     """
-    nd = x_src.dim()
-    s_src = bcast(sigma_src, nd).to(x_src).clamp(min=EPS)
-    s_tgt = bcast(sigma_tgt, nd).to(x_src).clamp(min=EPS)
-    a_src, a_tgt = 1 - s_src, 1 - s_tgt
-    zeta = (a_tgt / s_tgt).square() - (a_src / s_src).square()  # (B, 1, *1)
-    nu = a_tgt * x_tgt / s_tgt.square() - a_src * x_src / s_src.square()  # (B, C, *S)
+    zeta, nu = _x0_likelihood_ratio(x_src, sigma_src, x_tgt, sigma_tgt)
     v = gm_src.var.squeeze(1)  # (B, 1, *1)
     den = (v * zeta + 1).clamp(min=EPS)  # (B, 1, *1)
     if means_sq is None:

@@ -23,6 +23,8 @@ import pandas as pd
 import torch
 
 from gmflow.harness import io, registry
+from gmflow.harness.argtypes import nonneg_int as _nonneg_int
+from gmflow.harness.argtypes import positive_int as _positive_int
 from gmflow.harness.lfm_cli import add_lfm_parsers
 
 TABLE_COLUMNS = ["dataset", "run", "method", "K", "solver", "guidance", "guidance_scale", "orthogonal", "nfe",
@@ -30,18 +32,6 @@ TABLE_COLUMNS = ["dataset", "run", "method", "K", "solver", "guidance", "guidanc
                  "train_steps"]
 
 
-def _positive_int(s: str) -> int:
-    v = int(s)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {s}")
-    return v
-
-
-def _nonneg_int(s: str) -> int:
-    v = int(s)
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {s}")
-    return v
 
 
 def _unit_float(s: str) -> float:

@@ -34,6 +34,8 @@ import pandas as pd
 import torch
 
 from gmflow.harness import io
+from gmflow.harness.argtypes import nonneg_int as _nonneg_int
+from gmflow.harness.argtypes import positive_int as _positive_int
 
 METHOD = "lfm"
 RUN = "lfm"
@@ -43,18 +45,6 @@ SAMPLE_SOLVERS = ("euler", "heun", "dopri5", "distilled")
 students (tests/test_lfm_workflow.py checks them against the library and the config schema)."""
 
 
-def _positive_int(s: str) -> int:
-    v = int(s)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {s}")
-    return v
-
-
-def _nonneg_int(s: str) -> int:
-    v = int(s)
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {s}")
-    return v
 
 
 def _positive_float(s: str) -> float:
