@@ -116,3 +116,32 @@ def test_gm_mean_drives_flow_solvers():
 
 def test_balanced_labels():
     assert torch.equal(torch.bincount(balanced_labels(1000, 10)), torch.full((10,), 100))
+
+
+def test_snapshot_equals_the_shorter_run_and_becomes_a_run(tmp_path, capsys):
+    """A snapshot at step k holds exactly the EMA weights a k-step run ends with (constant learning rate after
+    warm-up, step-indexed EMA), and snapshot-run makes it a run folder whose record says k steps."""
+    spec = image_spec("digits", "dit-digits-tiny", "gmflow", 2, spectral=True)
+    io.write_json(spec, tmp_path / "spec.json")
+    record = train_images(spec, _cfg(snapshot_steps=(5,)), tmp_path / "long", progress=False)
+    io.write_json({**spec, **record}, tmp_path / "long" / "run.json")
+    train_images(spec, _cfg(steps=5), tmp_path / "short", progress=False)
+    for name in ("ema.safetensors", "spectrum_ema.safetensors"):
+        a = io.load_safetensors(tmp_path / "long" / "snapshots" / "step5" / name)
+        b = io.load_safetensors(tmp_path / "short" / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    final = io.load_safetensors(tmp_path / "long" / "ema.safetensors")
+    snap = io.load_safetensors(tmp_path / "long" / "snapshots" / "step5" / "ema.safetensors")
+    assert any(not torch.equal(final[k], snap[k]) for k in final)  # the snapshot is not the final weights
+    assert cli(["snapshot-run", "--run-dir", str(tmp_path / "long"), "--step", "5",
+                "--out", str(tmp_path / "long-at5")]) == 0
+    out = json.loads((tmp_path / "long-at5" / "run.json").read_text())
+    assert out["train"]["steps"] == 5 and out["snapshot_of"] == "long" and out["snapshot_step"] == 5
+    assert 0 < out["train_seconds"] <= record["train_seconds"]
+    assert cli(["snapshot-run", "--run-dir", str(tmp_path / "long"), "--step", "3", "--out", str(tmp_path / "x")]) != 0
+    assert "--snapshot-steps 3" in capsys.readouterr().err
+
+
+def test_snapshot_steps_must_lie_inside_the_run():
+    with pytest.raises(ValueError, match="snapshot_steps"):
+        _cfg(snapshot_steps=(8,))

@@ -84,7 +84,8 @@ def cmd_train(a) -> None:
                       weight_scale=a.weight_scale, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
                       warmup_steps=a.warmup_steps, ema_gamma=a.ema_gamma, time_sampler=a.time_sampler,
                       checkpoint_every=a.checkpoint_every, seed=a.seed, grad_clip=a.grad_clip,
-                      weight_decay=a.weight_decay, spectral_weight=a.spectral_weight)
+                      weight_decay=a.weight_decay, spectral_weight=a.spectral_weight,
+                      snapshot_steps=tuple(a.snapshot_steps))
     if a.dataset in registry.IMAGE_DATASETS:
         from gmflow.harness.images import image_spec, train_images
 
@@ -110,6 +111,13 @@ def cmd_train(a) -> None:
     record = train(net, cfg, lambda n, g: ds.sample(n, g), a.out, progress=not a.quiet)
     io.write_json({**spec, **record}, Path(a.out) / "run.json")
     io.write_json(io.provenance(_args(a), kind="train", **record), Path(a.out) / "provenance.json")
+
+
+def cmd_snapshot_run(a) -> None:
+    from gmflow.harness.images import make_snapshot_run
+
+    spec = make_snapshot_run(a.run_dir, a.step, a.out)
+    print(f"{a.out}: {spec['snapshot_of']} at step {a.step} ({spec['train_seconds']} s of training)")
 
 
 def load_run(run_dir: str | Path) -> tuple[torch.nn.Module, dict]:
@@ -275,11 +283,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ema-gamma", type=float, default=7.0)
     s.add_argument("--time-sampler", choices=registry.TIME_SAMPLERS, default="uniform")
     s.add_argument("--checkpoint-every", type=_positive_int, default=1000)
+    s.add_argument("--snapshot-steps", type=_positive_int, nargs="*", default=[],
+                   help="also keep the EMA weights at these steps (snapshots/step{k}/): quality vs training time")
     s.add_argument("--seed", type=_nonneg_int, default=0)
     s.add_argument("--threads", type=_positive_int, default=1)
     s.add_argument("--quiet", action="store_true")
     s.add_argument("--out", required=True, help="run folder")
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("snapshot-run", formatter_class=fmt,
+                       help="make a run folder of a training snapshot (train --snapshot-steps) to sample it like a run")
+    s.add_argument("--run-dir", required=True, help="the trained image run")
+    s.add_argument("--step", type=_positive_int, required=True, help="a step of its --snapshot-steps")
+    s.add_argument("--out", required=True, help="the snapshot's run folder (usually {run-dir}-at{step})")
+    s.set_defaults(func=cmd_snapshot_run)
 
     s = sub.add_parser("sample", help="draw a sample set from a trained run with one solver", formatter_class=fmt)
     s.add_argument("--run-dir", required=True)

@@ -92,6 +92,35 @@ def load_image_run(run_dir: str | Path) -> tuple[nn.Module, nn.Module | None, di
     return net.eval(), spectrum, spec
 
 
+def make_snapshot_run(run_dir: str | Path, step: int, out: str | Path) -> dict:
+    """Make ``out`` a run folder of run ``run_dir``'s EMA snapshot at training step ``step``.
+
+    The run.json is the run's with ``train.steps = step`` and ``train_seconds`` the seconds to that step, plus
+    ``snapshot_of`` and ``snapshot_step``; sampling, evaluation and tables then treat it as a ``step``-step run.
+    """
+    import shutil
+
+    from safetensors import safe_open
+
+    run_dir, out = Path(run_dir), Path(out)
+    snap = run_dir / "snapshots" / f"step{step}"
+    if not (snap / "ema.safetensors").exists():
+        raise FileNotFoundError(f"{run_dir} kept no snapshot at step {step} ({snap} is missing): retrain it with "
+                                f"--snapshot-steps {step} (config images.train.snapshot_steps)")
+    spec = json.loads((run_dir / "run.json").read_text())
+    with safe_open(str(snap / "ema.safetensors"), "pt") as f:
+        meta = f.metadata()
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("ema.safetensors", "spectrum_ema.safetensors"):
+        if (snap / name).exists():
+            shutil.copyfile(snap / name, out / name)
+    seconds = float(meta["train_seconds"])
+    spec.update(train={**spec["train"], "steps": int(meta["steps"])}, train_seconds=seconds,
+                seconds_per_step=round(seconds / step, 5), snapshot_of=run_dir.name, snapshot_step=step)
+    io.write_json(spec, out / "run.json")
+    return spec
+
+
 def balanced_labels(num_samples: int, num_classes: int) -> torch.Tensor:
     """Sample ``i`` gets class ``i mod num_classes``: equal class counts, independent of batching."""
     return torch.arange(num_samples) % num_classes
@@ -111,7 +140,8 @@ def sample_images(run_dir, solver: str, nfe: int, num_samples: int, seed: int = 
                       substeps, guidance, scale, orthogonal, labels, net.null_label, progress,
                       spectrum if spectral else None)
     rec.update(run=Path(run_dir).name, dataset=spec["dataset"], method=spec["method"], K=spec["num_components"],
-               train_steps=spec["train"]["steps"], trans_ratio=spec["train"]["trans_ratio"])
+               train_steps=spec["train"]["steps"], trans_ratio=spec["train"]["trans_ratio"],
+               train_seconds=spec.get("train_seconds"))
     out = {"images": to_uint8(torch.from_numpy(x)).numpy(), "labels": labels.numpy()}
     return out, rec
 
@@ -144,7 +174,7 @@ def reference_features(dataset: str, extractor: str, out: str | Path, num: int |
 
 TABLE_COLUMNS = ["dataset", "run", "method", "K", "trans_ratio", "solver", "guidance", "guidance_scale", "orthogonal",
                  "spectral", "nfe", "nfe_budget", "substeps", "seed", "num_samples", "metric", "value",
-                 "feature_extractor", "train_steps", "sample_set"]
+                 "feature_extractor", "train_steps", "sample_set", "train_seconds"]
 
 
 def evaluate_images(samples: str | Path, reference: str | Path, extractor: str, classifier: str | None,

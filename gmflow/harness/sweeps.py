@@ -42,6 +42,20 @@ def parse_tag(tag: str) -> dict:
             "seed": int(d["seed"])}
 
 
+SNAPSHOT_PATTERN = r"(?P<base>[A-Za-z0-9][A-Za-z0-9-]*?)-at(?P<step>\d+)"
+"""A snapshot run ``{run}-at{k}``: run ``run``'s EMA weights at training step ``k`` (``images.train.snapshot_steps``)."""
+
+
+def snapshot_run(run: str, step: int) -> str:
+    return f"{run}-at{step}"
+
+
+def parse_snapshot_run(run: str) -> tuple[str, int] | None:
+    """``("fm", 300)`` for ``"fm-at300"``; None for a run that is not a snapshot."""
+    m = re.fullmatch(SNAPSHOT_PATTERN, run)
+    return None if m is None else (m["base"], int(m["step"]))
+
+
 def extractor_key(alias: str, dataset: str) -> str:
     """Config alias -> feature-extractor registry key ('classifier' -> 'classifier-<dataset>')."""
     return f"classifier-{dataset}" if alias == "classifier" else alias
@@ -55,8 +69,9 @@ def image_points(images: dict) -> list[dict]:
     points: dict[tuple, dict] = {}
     for name, sw in images["sweeps"].items():
         extractors = [extractor_key(e, images["dataset"]) for e in sw.get("extractors", ["classifier"])]
-        for run, solvers in sw["runs"].items():
-            method = runs[run]["method"]
+        for (base, solvers), snap in product(sw["runs"].items(), [None, *sw.get("snapshots", [])]):
+            run = base if snap is None else snapshot_run(base, snap)
+            method = runs[base]["method"]
             guid = sw.get("guidance", {}).get(method, {}) or {"none": [0]}
             has_spectrum = method == "gmflow" and train.get("spectral", True)
             for solver, nfe, (mode, scales), seed in product(solvers, sw["nfe"], guid.items(), seeds):
@@ -86,7 +101,17 @@ def check_images_config(images: dict) -> list[str]:
         if spec["method"] == "fm" and "K" in spec:
             errors.append(f"config error at 'images.runs.{run}.K': K applies to gmflow runs only (value seen: "
                           f"{spec['K']!r}); remove it")
+    snapshot_steps = images["train"].get("snapshot_steps", [])
+    for k in snapshot_steps:
+        if k >= images["train"]["steps"]:
+            errors.append(f"config error at 'images.train.snapshot_steps': step {k} is not below images.train.steps "
+                          f"= {images['train']['steps']} (the last step is the run itself)")
     for name, sw in images["sweeps"].items():
+        missing = sorted(set(sw.get("snapshots", [])) - set(snapshot_steps))
+        if missing:
+            errors.append(f"config error at 'images.sweeps.{name}.snapshots': steps {missing} are not in "
+                          f"images.train.snapshot_steps = {snapshot_steps}; add them there (the runs keep only "
+                          "those snapshots)")
         for run, solvers in sw["runs"].items():
             where = f"images.sweeps.{name}.runs.{run}"
             if run not in runs:

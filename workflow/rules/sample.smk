@@ -33,8 +33,8 @@ rule sample_2d:
 rule sample_images:
     # one job per sweep point; the file name holds every setting that changes the samples
     input:
-        weights=rules.train_images.output.weights,
-        spec=rules.train_images.output.spec,
+        weights=f"{RES}/images/{{dataset}}/{{run}}/ema.safetensors",  # a trained run or a snapshot run
+        spec=f"{RES}/images/{{dataset}}/{{run}}/run.json",
     output:
         f"{RES}/images/{{dataset}}/{{run}}/samples/{{tag}}.npz",
     log:

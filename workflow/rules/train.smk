@@ -31,9 +31,12 @@ rule train_2d:
 
 
 rule train_images:
+    # also keeps the EMA weights at images.train.snapshot_steps (snapshots/step{k}/), made into runs by snapshot_images
     output:
         weights=f"{RES}/images/{{dataset}}/{{run}}/ema.safetensors",
         spec=f"{RES}/images/{{dataset}}/{{run}}/run.json",
+    wildcard_constraints:
+        run="|".join(IMG["runs"]) if IMG else "^$",
     log:
         f"{RES}/logs/train_images/{{dataset}}_{{run}}.log",
     benchmark:
@@ -51,6 +54,8 @@ rule train_images:
         ),
         spectral=lambda w: "--spectral" if IMG["train"]["spectral"] and IMG["runs"][w.run]["method"] == "gmflow" else "",
         root=lambda w: f"--data-root {IMG['data_root']}" if IMG["data_root"] else "",
+        snapshots=lambda w: " ".join(["--snapshot-steps", *map(str, IMG["train"]["snapshot_steps"])])
+        if IMG["train"]["snapshot_steps"] else "",
         out=lambda w: f"{RES}/images/{w.dataset}/{w.run}",
     threads: THREADS
     conda:
@@ -64,5 +69,27 @@ rule train_images:
         " --warmup-steps {params.t[warmup_steps]} --grad-clip {params.t[grad_clip]} --ema-gamma {params.t[ema_gamma]}"
         " --weight-scale {params.t[weight_scale]} --time-sampler {params.t[time_sampler]}"
         " --label-dropout {params.t[label_dropout]} {params.spectral} {params.root}"
-        " --checkpoint-every {params.t[checkpoint_every]} --seed {params.t[seed]} --threads {threads}"
+        " --checkpoint-every {params.t[checkpoint_every]} {params.snapshots} --seed {params.t[seed]} --threads {threads}"
         " --out {params.out} > {log} 2>&1"
+
+
+rule snapshot_images:
+    # run '{run}-at{k}': run {run}'s EMA weights at step k, with a run.json saying so (steps k, seconds to step k)
+    input:
+        weights=f"{RES}/images/{{dataset}}/{{run}}/ema.safetensors",
+        spec=f"{RES}/images/{{dataset}}/{{run}}/run.json",
+    output:
+        weights=f"{RES}/images/{{dataset}}/{{run}}-at{{step}}/ema.safetensors",
+        spec=f"{RES}/images/{{dataset}}/{{run}}-at{{step}}/run.json",
+    wildcard_constraints:
+        run="|".join(IMG["runs"]) if IMG else "^$",
+        step=r"\d+",
+    log:
+        f"{RES}/logs/train_images/{{dataset}}_{{run}}-at{{step}}.log",
+    params:
+        run_dir=lambda w: f"{RES}/images/{w.dataset}/{w.run}",
+        out=lambda w: f"{RES}/images/{w.dataset}/{w.run}-at{w.step}",
+    conda:
+        ENV
+    shell:
+        "{CLI} snapshot-run --run-dir {params.run_dir} --step {wildcards.step} --out {params.out} > {log} 2>&1"
