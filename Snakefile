@@ -18,9 +18,11 @@ include: "workflow/rules/sample.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/lfm.smk"
+include: "workflow/rules/lfm_images.smk"
 
 
 rule all:
     input:
         final_targets(),
         lfm_final_targets(),
+        lfm_images_final_targets(),

@@ -50,7 +50,7 @@ def chain(tmp_path_factory):
         _train(root, n)
         _run("lfm-push", "--block-dir", root / f"block_{n}", "--pool", root / f"pool_{n - 1}.npz", "--rtol", 1e-2,
              "--atol", 1e-2, "--batch-size", 150, "--quiet", "--out", root / f"pool_{n}.npz")
-        _run("lfm-distill", "--block-dir", root / f"block_{n}", "--pool-in", root / f"pool_{n - 1}.npz",
+        _run("lfm-distill", "--blocks", root / f"block_{n}", "--pool-in", root / f"pool_{n - 1}.npz",
              "--pool-out", root / f"pool_{n}.npz", "--steps", 5, "--batch-size", 64, "--quiet", "--out",
              root / f"student_{n}")
     return root

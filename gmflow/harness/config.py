@@ -61,7 +61,12 @@ def validate_config(config: dict) -> dict:
             raise ConfigError(errors[0])
     if "lfm" in config:
         from gmflow.harness.lfm_config import check_lfm_config
+
         check_lfm_config(config)
+    if "lfm_images" in config:
+        from gmflow.harness.lfm_config import check_lfm_images_config
+
+        check_lfm_images_config(config)
     return config
 
 

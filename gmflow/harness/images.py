@@ -150,11 +150,16 @@ def real_images(dataset: str, split: str, num: int | None, data_root: str | None
     """The first ``num`` images of a split in a fixed class-stratified order (all of them when ``num`` is None)."""
     images, labels = load_images_uint8(dataset, split, data_root)
     if num is not None and num < len(images):
-        # round-robin over classes so any prefix is class-balanced; deterministic (file order within a class)
-        per_class = [np.flatnonzero(labels.numpy() == c) for c in np.unique(labels.numpy())]
-        order = [i for group in zip(*per_class, strict=False) for i in group]
-        images = images[torch.as_tensor(order[:num])]
+        images = images[stratified_order(labels)[:num]]
     return images
+
+
+def stratified_order(labels: torch.Tensor) -> torch.Tensor:
+    """Indices that visit the classes round-robin (file order within a class), so that any prefix is class-balanced
+    (up to the smallest class)."""
+    per_class = [np.flatnonzero(labels.numpy() == c) for c in np.unique(labels.numpy())]
+    order = [i for group in zip(*per_class, strict=False) for i in group]
+    return torch.as_tensor(order, dtype=torch.long)
 
 
 def get_extractor(name: str, classifier: str | None):

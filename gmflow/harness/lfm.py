@@ -10,7 +10,9 @@ teacher pairs ``(noisy side, data side)`` of that block's ODE; students of all b
 (:func:`baselines.lfm.sample_chain_distilled`).
 
 Networks: any ``net(x, timestep)`` over the project's timestep units, e.g. :class:`gmflow.harness.networks.MLP2D`
-with ``head="velocity"``. Local time ``t in [0, 1]`` is fed as ``timestep = 1000 t``
+with ``head="velocity"``, or a class-conditional ``net(x, timestep, y)`` such as the image DiT with its velocity
+head: then the pool carries labels, training drops them to the null class with probability ``label_dropout`` (as
+the image runs), and pushing, distillation and sampling condition every sample on its label. Local time ``t in [0, 1]`` is fed as ``timestep = 1000 t``
 (:func:`baselines.lfm.local_time_to_timestep`), so block ``t = 1`` sits where ``sigma = 1`` does for flow matching.
 """
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import functools
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -39,7 +42,7 @@ from baselines.lfm import (
     push_pool,
 )
 from gmflow.harness import io
-from gmflow.harness.train import karras_ema_beta
+from gmflow.harness.train import drop_labels, karras_ema_beta
 
 
 @dataclass
@@ -55,8 +58,13 @@ class BlockTrainConfig:
     ema_gamma: float = 7.0
     checkpoint_every: int = 1000
     seed: int = 0
+    label_dropout: float = 0.0
+    grad_clip: float = 0.0
 
     def __post_init__(self):
+        if not 0 <= self.label_dropout < 1 or self.grad_clip < 0:
+            raise ValueError(f"need 0 <= label_dropout < 1 and grad_clip >= 0, got {self.label_dropout} and "
+                             f"{self.grad_clip}")
         if self.interpolant not in INTERPOLANTS:
             raise ValueError(f"interpolant must be one of {sorted(INTERPOLANTS)}, got {self.interpolant!r}")
         if self.steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1:
@@ -68,10 +76,15 @@ class BlockTrainConfig:
 
 
 def block_velocity(net: nn.Module) -> VelocityFn:
-    """The block velocity ``v(x, t) = net(x, 1000 t)`` of a network over timesteps (``t (B,)`` local times)."""
+    """The block velocity ``v(x, t) = net(x, 1000 t)`` of a network over timesteps (``t (B,)`` local times).
 
-    def v(x: Tensor, t: Tensor) -> Tensor:
-        return net(x, local_time_to_timestep(t))
+    ``v(x, t, y)`` conditions a class-conditional network on labels ``y (B,)``; bind them with
+    ``functools.partial(v, y=y)`` to get a :data:`VelocityFn`.
+    """
+
+    def v(x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        ts = local_time_to_timestep(t)
+        return net(x, ts) if y is None else net(x, ts, y)
 
     return v
 
@@ -89,13 +102,16 @@ def block_seed_generator(seed: int, block_index: int) -> torch.Generator:
 
 
 def train_block(net: nn.Module, pool: Tensor, block_index: int, h: float | None, cfg: BlockTrainConfig,
-                out_dir: str | Path, progress: bool = True) -> dict:
+                out_dir: str | Path, progress: bool = True, labels: Tensor | None = None,
+                null_label: int = -1) -> dict:
     """Train LFM block ``block_index`` (1-based) on ``pool (M, C, *S)``; write ``out_dir/{model,ema}.safetensors``.
 
     Each step draws pool rows uniformly with replacement, ``t ~ U[0, 1)`` and ``eps ~ N(0, I)``, builds
     ``(I_t, target) = lfm_pair(x0, t, cfg.interpolant, h, eps)`` and minimises ``lfm_loss(net(I_t, 1000 t), target)``
     with AdamW, a linear warm-up from 0.001x and a power-function EMA (as :func:`gmflow.harness.train.train`).
     ``h = None`` trains the free block. A warm start is the caller's: load the previous block into ``net`` first.
+    With ``labels (M,)`` the network is class-conditional: each drawn row's label, dropped to ``null_label`` with
+    probability ``cfg.label_dropout``, is its third argument. ``cfg.grad_clip > 0`` clips the gradient norm.
 
     Resumable: ``out_dir/state.pt`` (atomic, every ``checkpoint_every`` steps and at the end) holds weights, EMA,
     optimiser, schedule and random state. A killed run started again, or a finished run called again with a larger
@@ -111,6 +127,10 @@ def train_block(net: nn.Module, pool: Tensor, block_index: int, h: float | None,
     pool = torch.as_tensor(pool, dtype=torch.float32)
     if pool.dim() < 2 or pool.shape[0] < 1:
         raise ValueError(f"pool must be (M, C, *S) with M >= 1, got shape {tuple(pool.shape)}")
+    if labels is not None and labels.shape != pool.shape[:1]:
+        raise ValueError(f"labels must be (M,) = ({pool.shape[0]},), got {tuple(labels.shape)}")
+    if cfg.label_dropout > 0 and (labels is None or null_label < 0):
+        raise ValueError("label_dropout needs labels and the network's null_label")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     identity = {k: v for k, v in asdict(cfg).items() if k != "steps"} | {"block": block_index, "h": h}
@@ -150,12 +170,15 @@ def train_block(net: nn.Module, pool: Tensor, block_index: int, h: float | None,
         t = torch.rand(cfg.batch_size, generator=gen)
         eps = torch.randn(x0.shape, generator=gen)
         x_t, target = lfm_pair(x0, t, cfg.interpolant, h, eps)
-        loss = lfm_loss(net(x_t, local_time_to_timestep(t)), target).mean()
+        cond = () if labels is None else (drop_labels(labels[idx], cfg.label_dropout, null_label, gen),)
+        loss = lfm_loss(net(x_t, local_time_to_timestep(t), *cond), target).mean()
         loss_value = loss.item()
         if not math.isfinite(loss_value):
             raise FloatingPointError(f"non-finite loss {loss_value} at step {step + 1} of block {block_index}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
         opt.step()
         sched.step()
         beta = karras_ema_beta(step + 1, cfg.ema_gamma)
@@ -185,11 +208,12 @@ def train_block(net: nn.Module, pool: Tensor, block_index: int, h: float | None,
 
 def push_pool_cached(v: VelocityFn, pool: Tensor, path: str | Path, solver: str = "dopri5", nfe: int | None = None,
                      *, rtol: float = 1e-5, atol: float = 1e-5, batch_size: int | None = None,
-                     progress: bool = True) -> tuple[Tensor, dict]:
+                     progress: bool = True, labels: Tensor | None = None) -> tuple[Tensor, dict]:
     """Next pool ``T_n(pool)`` (block ``t: 0 -> 1``), cached at ``path`` (``.npz`` with ``x``, ``nfe``, ``seconds``).
 
     If ``path`` exists it is loaded and nothing is integrated. Otherwise the pool is pushed in batches of
     ``batch_size`` (all at once if ``None``; dopri5's adaptive steps depend on the batch) and written atomically.
+    With ``labels (M,)`` every row is pushed conditioned on its label (``v(x, t, y)``) and the labels are stored too.
 
     Args:
         v: the block velocity (usually :func:`block_velocity` of the EMA network).
@@ -212,11 +236,13 @@ def push_pool_cached(v: VelocityFn, pool: Tensor, path: str | Path, solver: str 
     out, nfes, t0 = [], [], time.perf_counter()
     for i in tqdm(range(0, pool.shape[0], size), desc=f"push pool -> {path.name}", disable=not progress,
                   mininterval=5):
-        x, n = push_pool(v, pool[i : i + size], solver, nfe, rtol=rtol, atol=atol)
+        fn = v if labels is None else functools.partial(v, y=labels[i : i + size])
+        x, n = push_pool(fn, pool[i : i + size], solver, nfe, rtol=rtol, atol=atol)
         out.append(x)
         nfes.append(n)
     x, seconds = torch.cat(out), time.perf_counter() - t0
-    io.save_npz(path, x=x.cpu().numpy(), nfe=np.asarray(nfes, dtype=np.int64), seconds=np.float64(seconds))
+    extra = {} if labels is None else {"labels": np.asarray(labels, dtype=np.int64)}
+    io.save_npz(path, x=x.cpu().numpy(), nfe=np.asarray(nfes, dtype=np.int64), seconds=np.float64(seconds), **extra)
     return x, {"cached": False, "nfe": int(sum(nfes)), "nfe_per_batch": nfes, "seconds": round(seconds, 3)}
 
 
@@ -246,21 +272,24 @@ def block_student(net: nn.Module, num_steps: int = 1) -> StudentFn:
     teacher (``k = 1``: ``x_0 = x_1 - v(x_1, 1)``).
     """
     dt = 1.0 / num_steps
+    v = block_velocity(net)
 
-    def s(x: Tensor, t: Tensor) -> Tensor:
-        return x - dt * net(x, local_time_to_timestep(t))
+    def s(x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        return x - dt * v(x, t, y)
 
     return s
 
 
 def train_student(net: nn.Module, x_noisy: Tensor, x_data: Tensor, block_index: int, cfg: StudentTrainConfig,
-                  out_dir: str | Path, progress: bool = True) -> dict:
+                  out_dir: str | Path, progress: bool = True, labels: Tensor | None = None) -> dict:
     """Distil block ``block_index`` into the one-step student ``block_student(net)``; write ``student.safetensors``.
 
     Teacher pairs are rows of ``x_noisy (M, C, *S)`` (the block's state at local ``t = 1``) and ``x_data (M, C, *S)``
     (the teacher ODE's endpoint at ``t = 0`` from that state). Each step draws rows uniformly with replacement and
     minimises ``distill_loss(student(x_noisy, 1), x_data)`` with AdamW, a linear warm-up from 0.001x and a cosine decay
     to 0 (the last weights are the student; no EMA). Warm-start ``net`` from the teacher's weights first.
+    ``labels (M,)`` condition each pair on its label (no dropout: the student serves conditional sampling). A
+    student of a group of blocks ``n..m`` takes pairs ``(pool_m, pool_{n-1})``; ``block_index`` is then ``n``.
 
     Returns:
         A record: block, config, steps, train_seconds, num_pairs, initial_loss (the warm start, i.e. one Euler step
@@ -287,11 +316,13 @@ def train_student(net: nn.Module, x_noisy: Tensor, x_data: Tensor, block_index: 
     with torch.no_grad():
         n = min(4096, x_noisy.shape[0])
         ones = torch.ones(n)
-        initial = distill_loss(student(x_noisy[:n], ones), x_data[:n]).mean().item()
+        y0 = None if labels is None else labels[:n]
+        initial = distill_loss(student(x_noisy[:n], ones, y0), x_data[:n]).mean().item()
     losses, t0 = [], time.perf_counter()
     for _ in tqdm(range(cfg.steps), disable=not progress, desc=f"distil block {block_index}", mininterval=5):
         idx = torch.randint(x_noisy.shape[0], (cfg.batch_size,), generator=gen)
-        loss = distill_loss(student(x_noisy[idx], torch.ones(cfg.batch_size)), x_data[idx]).mean()
+        y = None if labels is None else labels[idx]
+        loss = distill_loss(student(x_noisy[idx], torch.ones(cfg.batch_size), y), x_data[idx]).mean()
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"non-finite distillation loss {loss.item()} for block {block_index}")
         opt.zero_grad(set_to_none=True)

@@ -1,11 +1,15 @@
-"""Sub-commands of Local Flow Matching on the 2D datasets (SPEC Part B): one block, one push, one sample set at a time.
+"""Sub-commands of Local Flow Matching (SPEC Part B): one block, one push, one student, one sample set at a time.
 
-A chain of ``N`` blocks lives in one folder per dataset (the workflow's layout, ``workflow/rules/lfm.smk``)::
+Two kinds of data: the 2D datasets (the MLP of the 2D experiment, exact NLL) and the image datasets (the DiT of the
+image experiment with its velocity head, class-conditional with label dropout; samples evaluated by
+``gmflow-bench evaluate-images``). A chain of ``N`` blocks lives in one folder (the workflow's layout,
+``workflow/rules/lfm.smk`` and ``lfm_images.smk``)::
 
-    pool_0.npz            exact training sample (``prepare-data``)
+    pool_0.npz            the training sample (``prepare-data`` in 2D, ``lfm-image-pool`` for images, with labels)
     block_{n}/            block n, trained on pool_{n-1} (ema.safetensors, run.json, resumable state.pt)
-    pool_{n}.npz          pool_{n-1} pushed through block n by dopri5 (pool_n = T_n(...T_1(pool_0)))
+    pool_{n}.npz          pool_{n-1} pushed through block n (pool_n = T_n(...T_1(pool_0))), labels carried along
     student_{n}/          one-step student of block n (teacher pairs: pool_n -> pool_{n-1})
+    student_{n}-{m}/      one-step student of blocks n..m together (teacher pairs: pool_m -> pool_{n-1})
 
 Example (the 2D checkerboard with 3 blocks; block 3 is the free one)::
 
@@ -39,6 +43,7 @@ from gmflow.harness.argtypes import positive_int as _positive_int
 
 METHOD = "lfm"
 RUN = "lfm"
+MLP2D = "mlp2d"
 FIXED_STEP_SOLVERS = ("euler", "heun")
 SAMPLE_SOLVERS = ("euler", "heun", "dopri5", "distilled")
 """Solver keys of an LFM sample set: the block ODE solvers of :data:`baselines.lfm.SOLVERS` and the chain of one-step
@@ -64,7 +69,8 @@ def _args(a: argparse.Namespace) -> dict:
 
 
 def load_pool(path: str | Path) -> torch.Tensor:
-    """A pool ``(M, 2)`` float32 from an ``.npz``: key ``x`` (a pushed pool) or ``samples`` (``prepare-data``)."""
+    """A pool ``(M, C, *S)`` float32 from an ``.npz``: key ``x`` (a pushed or image pool) or ``samples``
+    (``prepare-data``)."""
     with np.load(path) as f:
         for key in ("x", "samples"):
             if key in f:
@@ -72,10 +78,44 @@ def load_pool(path: str | Path) -> torch.Tensor:
     raise ValueError(f"{path} holds neither 'x' (a pushed pool) nor 'samples' (an exact sample)")
 
 
-def _build_net(width: int, depth: int) -> torch.nn.Module:
-    from gmflow.harness.networks import MLP2D
+def load_pool_labels(path: str | Path) -> torch.Tensor | None:
+    """The class labels ``(M,)`` of an image pool, None for an unlabelled (2D) pool."""
+    with np.load(path) as f:
+        return torch.from_numpy(f["labels"].astype(np.int64)) if "labels" in f else None
 
-    return MLP2D("velocity", 1, width, depth)
+
+def _is_image(dataset: str) -> bool:
+    from gmflow.harness import registry
+
+    return dataset in registry.IMAGE_DATASETS
+
+
+def _net_spec(a) -> dict:
+    """The network part of a block's run.json from the sub-command's arguments (2D MLP or image DiT)."""
+    if not _is_image(a.dataset):
+        if a.network not in (None, MLP2D):
+            raise ValueError(f"2D dataset {a.dataset!r} takes the MLP (--width/--depth), not --network {a.network}")
+        return {"network": MLP2D, "width": a.width, "depth": a.depth, "sample_shape": [2], "num_classes": 0}
+    from gmflow.harness import registry
+    from gmflow.harness.data_images import IMAGE_DATASETS
+
+    if a.network not in registry.IMAGE_NETWORKS:
+        raise ValueError(f"image dataset {a.dataset!r} needs --network, one of {registry.IMAGE_NETWORKS}")
+    ds = IMAGE_DATASETS[a.dataset]
+    return {"network": a.network, "sample_shape": [ds.channels, ds.resolution, ds.resolution],
+            "num_classes": ds.num_classes}
+
+
+def _build_net(spec: dict) -> torch.nn.Module:
+    """The velocity network of a block spec: the 2D MLP, or the image DiT with its velocity head."""
+    if spec.get("network", MLP2D) == MLP2D:
+        from gmflow.harness.networks import MLP2D as Net
+
+        return Net("velocity", 1, spec["width"], spec["depth"])
+    from gmflow.harness.images import build_image_net
+
+    net, _ = build_image_net({**spec, "method": "fm", "num_components": 0, "spectral": False})
+    return net
 
 
 def _read_spec(folder: str | Path) -> dict:
@@ -88,7 +128,7 @@ def _read_spec(folder: str | Path) -> dict:
 def load_block(folder: str | Path) -> tuple[torch.nn.Module, dict]:
     """The EMA network of a trained block folder and its run.json."""
     spec = _read_spec(folder)
-    net = _build_net(spec["width"], spec["depth"])
+    net = _build_net(spec)
     net.load_state_dict(io.load_safetensors(Path(folder) / "ema.safetensors"))
     return net.eval().requires_grad_(False), spec
 
@@ -98,20 +138,26 @@ def load_student(folder: str | Path) -> tuple[torch.nn.Module, dict]:
     spec = _read_spec(folder)
     if spec.get("kind") != "student":
         raise ValueError(f"{folder} is not a student folder (kind {spec.get('kind')!r}); run gmflow-bench lfm-distill")
-    net = _build_net(spec["width"], spec["depth"])
+    net = _build_net(spec)
     net.load_state_dict(io.load_safetensors(Path(folder) / "student.safetensors"))
     return net.eval().requires_grad_(False), spec
 
 
 def _check_chain(specs: list[dict]) -> None:
-    """Folders must be blocks 1..N of one chain, in training order."""
-    n = len(specs)
+    """Folders must be blocks 1..N of one chain in training order, or students whose groups of blocks cover 1..N in
+    order (each student's blocks ``block..last_block``)."""
+    n = specs[0]["num_blocks"]
+    expected = 1
     for i, s in enumerate(specs, start=1):
-        if s["block"] != i or s["num_blocks"] != n:
-            raise ValueError(f"folder {i} of the chain is block {s['block']} of {s['num_blocks']}; pass the folders of "
-                             f"blocks 1..{n} of one chain in training order (block 1 first)")
-    if len({(s["dataset"], s["interpolant"]) for s in specs}) != 1:
-        raise ValueError("the folders of a chain must share one dataset and interpolant")
+        last = s.get("last_block", s["block"])
+        if s["block"] != expected or s["num_blocks"] != n:
+            raise ValueError(f"folder {i} of the chain covers blocks {s['block']}..{last} of {s['num_blocks']}; pass "
+                             f"the folders of one chain in training order (block 1 first), covering blocks 1..{n}")
+        expected = last + 1
+    if expected != n + 1:
+        raise ValueError(f"the folders cover blocks 1..{expected - 1} of a {n}-block chain; pass all of them")
+    if len({(s["dataset"], s["interpolant"], s.get("network", MLP2D)) for s in specs}) != 1:
+        raise ValueError("the folders of a chain must share one dataset, network and interpolant")
 
 
 def _digest(*arrays) -> str:
@@ -121,6 +167,28 @@ def _digest(*arrays) -> str:
         h.update(str((a.dtype, a.shape)).encode())
         h.update(a.tobytes())
     return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# lfm-image-pool
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def cmd_image_pool(a) -> None:
+    from gmflow.harness.data_images import load_images
+    from gmflow.harness.images import stratified_order
+
+    x, y = load_images(a.dataset, "train", a.data_root)
+    if a.num_images is not None:
+        if a.num_images > len(x):
+            raise ValueError(f"--num-images {a.num_images} > {len(x)} training images of {a.dataset}")
+        idx = stratified_order(y)[: a.num_images]
+        x, y = x[idx], y[idx]
+    io.save_npz(a.out, x=x.numpy(), labels=y.numpy())
+    counts = np.bincount(y.numpy()).tolist()
+    io.write_json(io.provenance(_args(a), kind="lfm-image-pool", pool_size=len(x), class_counts=counts),
+                  Path(a.out).with_suffix(".json"))
+    print(f"{a.out}: {len(x)} training images of {a.dataset} in [-1, 1], class counts {counts}")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -165,28 +233,36 @@ def cmd_train_block(a) -> None:
     h = block_h(a.block, a.num_blocks, a.step_c, a.step_rho)
     if a.block == 1 and a.init_from:
         raise ValueError(f"block 1 has no previous block to warm-start from: drop --init-from {a.init_from}")
+    image = _is_image(a.dataset)
     cfg = BlockTrainConfig(interpolant=a.interpolant, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
                            warmup_steps=a.warmup_steps, ema_gamma=a.ema_gamma, checkpoint_every=a.checkpoint_every,
-                           seed=a.seed)
-    pool = load_pool(a.pool)
+                           seed=a.seed, label_dropout=a.label_dropout if image else 0.0, grad_clip=a.grad_clip)
+    pool, labels = load_pool(a.pool), load_pool_labels(a.pool)
+    net_spec = _net_spec(a)
+    if list(pool.shape[1:]) != net_spec["sample_shape"]:
+        raise ValueError(f"pool {a.pool} holds {tuple(pool.shape[1:])} samples, dataset {a.dataset!r} has "
+                         f"{tuple(net_spec['sample_shape'])}")
+    if image and labels is None:
+        raise ValueError(f"image pool {a.pool} has no labels: make it with gmflow-bench lfm-image-pool")
     torch.manual_seed(a.seed * 1000 + a.block)
-    net = _build_net(a.width, a.depth)
+    net = _build_net(net_spec)
     init = None
     if a.init_from:
         init = io.load_safetensors(a.init_from)
         load_block_weights(net, a.init_from)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    fingerprint = {"pool_sha256": _digest(pool), "init_sha256": _digest(*init.values()) if init else None,
-                   "dataset": a.dataset, "block": a.block, "num_blocks": a.num_blocks, "h": h, "width": a.width,
-                   "depth": a.depth, **{k: v for k, v in vars(cfg).items() if k != "steps"}}
+    fingerprint = {"pool_sha256": _digest(pool, *([] if labels is None else [labels])),
+                   "init_sha256": _digest(*init.values()) if init else None,
+                   "dataset": a.dataset, "block": a.block, "num_blocks": a.num_blocks, "h": h, **net_spec,
+                   **{k: v for k, v in vars(cfg).items() if k != "steps"}}
     action = _resume_or_restart(out, fingerprint, a.restart)
     print(f"block {a.block}/{a.num_blocks} ({'free' if h is None else f'h = {h:.6g}'}): {action}", flush=True)
-    record = train_block(net, pool, a.block, h, cfg, out, progress=not a.quiet)
-    spec = {"network": "mlp2d", "method": METHOD, "kind": "block", "dataset": a.dataset, "block": a.block,
-            "num_blocks": a.num_blocks, "h": h, "interpolant": a.interpolant, "width": a.width, "depth": a.depth,
-            "sample_shape": [2], "pool_size": int(pool.shape[0]), "warm_start": a.init_from is not None,
-            "resume": action}
+    record = train_block(net, pool, a.block, h, cfg, out, progress=not a.quiet, labels=labels,
+                         null_label=getattr(net, "null_label", -1))
+    spec = {**net_spec, "method": METHOD, "kind": "block", "dataset": a.dataset, "block": a.block,
+            "num_blocks": a.num_blocks, "h": h, "interpolant": a.interpolant, "pool_size": int(pool.shape[0]),
+            "batch_size": a.batch_size, "warm_start": a.init_from is not None, "resume": action}
     io.write_json({**spec, **record}, out / "run.json")
     io.write_json(io.provenance(_args(a), kind="lfm-block", **record), out / "provenance.json")
 
@@ -205,15 +281,22 @@ def cmd_push(a) -> None:
         return
     torch.set_num_threads(a.threads)
     net, spec = load_block(a.block_dir)
-    pool = load_pool(a.pool)
+    pool, labels = load_pool(a.pool), load_pool_labels(a.pool)
+    if a.solver == "dopri5" and a.nfe is not None:
+        raise ValueError("dopri5 adapts its steps: drop --nfe (or use --solver euler / heun)")
+    if a.solver != "dopri5" and a.nfe is None:
+        raise ValueError(f"--solver {a.solver} needs --nfe (evaluations per sample through the block)")
     nfe = a.nfe if a.solver != "dopri5" else None
     x, rec = push_pool_cached(block_velocity(net), pool, out, a.solver, nfe, rtol=a.rtol, atol=a.atol,
-                              batch_size=a.batch_size, progress=not a.quiet)
+                              batch_size=a.batch_size, progress=not a.quiet, labels=labels)
     sizes = [min(a.batch_size, len(pool) - i) for i in range(0, len(pool), a.batch_size)]
     rec.update(block=spec["block"], num_blocks=spec["num_blocks"], h=spec["h"], solver=a.solver, rtol=a.rtol,
-               atol=a.atol, batch_size=a.batch_size, pool_size=int(len(pool)),
-               nfe_per_sample=float(np.dot(sizes, rec["nfe_per_batch"]) / len(pool)),
-               pool_mean=x.mean(0).tolist(), pool_cov=torch.cov(x.T.double()).tolist())
+               atol=a.atol, nfe_per_block=a.nfe, batch_size=a.batch_size, pool_size=int(len(pool)),
+               nfe_per_sample=float(np.dot(sizes, rec["nfe_per_batch"]) / len(pool)))
+    if x.dim() == 2:  # 2D: the pushed pool's moments (the notebook compares them with the OU marginal)
+        rec.update(pool_mean=x.mean(0).tolist(), pool_cov=torch.cov(x.T.double()).tolist())
+    else:
+        rec.update(pool_pixel_mean=float(x.mean()), pool_pixel_std=float(x.std()))
     io.write_json(io.provenance(_args(a), kind="lfm-push", **rec), out.with_suffix(".json"))
 
 
@@ -223,18 +306,21 @@ def cmd_push(a) -> None:
 
 
 def generate_chain(chain: list[torch.nn.Module], solver: str, nfe_per_block: int | None, num_samples: int, seed: int,
-                   block_size: int, rtol: float = 1e-5, atol: float = 1e-5,
-                   progress: bool = True) -> tuple[np.ndarray, dict]:
+                   block_size: int, rtol: float = 1e-5, atol: float = 1e-5, progress: bool = True,
+                   sample_shape: tuple[int, ...] = (2,), labels: torch.Tensor | None = None) -> tuple[np.ndarray, dict]:
     """Draw ``num_samples`` from a chain (blocks, or students for ``solver = "distilled"``), counting every NFE.
 
     Sample ``i`` starts from the noise of stream ``(seed, i // block_size)`` (:func:`sampling.block_generator`, the
-    same noise as the other 2D samplers). The fixed-step solvers and the students use the same NFE for every sample;
-    dopri5 adapts to each stream's batch, so its NFE is averaged over samples (per block and in total).
+    same noise as the flow-matching and GMFlow samplers of the same shape), conditioned on ``labels[i]`` if given.
+    The fixed-step solvers and the students use the same NFE for every sample; dopri5 adapts to each stream's batch,
+    so its NFE is averaged over samples (per block and in total). A student of several blocks is one evaluation.
 
     Returns:
-        samples ``(num_samples, 2)`` float32 and a record with ``nfe`` (per sample, summed over blocks),
-        ``nfe_per_block`` (block 1 first) and ``sample_seconds``.
+        samples ``(num_samples, *sample_shape)`` float32 and a record with ``nfe`` (per sample, summed over blocks or
+        students), ``nfe_per_block`` (block or student 1 first) and ``sample_seconds``.
     """
+    import functools
+
     from tqdm import tqdm
 
     from baselines.lfm import sample_chain, sample_chain_distilled
@@ -250,11 +336,15 @@ def generate_chain(chain: list[torch.nn.Module], solver: str, nfe_per_block: int
     with torch.no_grad():
         for b in tqdm(range(-(-num_samples // block_size)), desc=f"lfm {solver}", disable=not progress, mininterval=5):
             n = min(block_size, num_samples - b * block_size)
-            z = torch.randn((n, 2), generator=block_generator(seed, b))
+            z = torch.randn((n, *sample_shape), generator=block_generator(seed, b))
+            bound = fns
+            if labels is not None:
+                y = labels[b * block_size : b * block_size + n]
+                bound = [functools.partial(f, y=y) for f in fns]
             if solver == "distilled":
-                res = sample_chain_distilled(fns, z, 1)
+                res = sample_chain_distilled(bound, z, 1)
             else:
-                res = sample_chain(fns, z, solver, nfe_per_block, rtol=rtol, atol=atol)
+                res = sample_chain(bound, z, solver, nfe_per_block, rtol=rtol, atol=atol)
             out.append(res.x.float().numpy())
             per_block.append(res.nfe_per_block)
             sizes.append(n)
@@ -280,11 +370,36 @@ def generate_chain(chain: list[torch.nn.Module], solver: str, nfe_per_block: int
     return np.concatenate(out), record
 
 
-def _table_record(specs: list[dict], rec: dict) -> dict:
-    """The columns of the 2D long table (``cli.TABLE_COLUMNS``) for an LFM sample set."""
-    return {"dataset": specs[0]["dataset"], "run": RUN, "method": METHOD, "K": 0, "guidance": "none",
-            "guidance_scale": 0.0, "orthogonal": 0.0, "substeps": 1, "num_blocks": len(specs),
-            "interpolant": specs[0]["interpolant"], "train_steps": int(sum(s["steps"] for s in specs)), **rec}
+def _table_record(specs: list[dict], rec: dict, run: str = RUN) -> dict:
+    """The columns of the 2D and image long tables (``cli.TABLE_COLUMNS``, ``images.TABLE_COLUMNS``) for an LFM
+    sample set of a chain of blocks."""
+    return {"dataset": specs[0]["dataset"], "run": run, "method": METHOD, "K": 0, "trans_ratio": None,
+            "guidance": "none", "guidance_scale": 0.0, "orthogonal": 0.0, "substeps": 1, "spectral": 0,
+            "num_blocks": specs[0]["num_blocks"], "interpolant": specs[0]["interpolant"],
+            "train_steps": int(sum(s["steps"] for s in specs)), **rec}
+
+
+def chain_training_cost(block_dirs: list[str | Path]) -> dict:
+    """Training cost of a chain: block training seconds plus the seconds of pushing pools 1..N-1 (the pushes are
+    part of training; pool N serves distillation only), read from the block records and the push records beside
+    them (``pool_{n}.json``). ``train_seconds`` is None when a push record is missing.
+
+    Also the compute in network evaluations: training samples (steps x batch, each one forward and backward) and
+    push evaluations (forward only, pool size x NFE per sample).
+    """
+    specs = [_read_spec(d) for d in block_dirs]
+    block_seconds = float(sum(s["train_seconds"] for s in specs))
+    push_seconds, push_evals = 0.0, 0
+    for d, s in zip(block_dirs[:-1], specs[:-1], strict=True):
+        record = Path(d).parent / f"pool_{s['block']}.json"
+        if not record.exists():
+            return {"train_seconds": None, "block_train_seconds": round(block_seconds, 2)}
+        r = json.loads(record.read_text())
+        push_seconds += float(r["seconds"])
+        push_evals += int(round(r["nfe_per_sample"] * r["pool_size"]))
+    return {"train_seconds": round(block_seconds + push_seconds, 2), "block_train_seconds": round(block_seconds, 2),
+            "push_seconds": round(push_seconds, 2), "push_evaluations": push_evals,
+            "train_samples": int(sum(s["steps"] * s.get("batch_size", 0) for s in specs))}
 
 
 def cmd_sample(a) -> None:
@@ -300,14 +415,34 @@ def cmd_sample(a) -> None:
     nfe = a.nfe_per_block if a.solver in FIXED_STEP_SOLVERS else None
     if a.solver not in FIXED_STEP_SOLVERS and a.nfe_per_block is not None:
         raise ValueError(f"--nfe-per-block applies to euler and heun, not {a.solver!r}")
+    image = _is_image(specs[0]["dataset"])
+    if image and a.metrics_out:
+        raise ValueError("image sample sets are evaluated by gmflow-bench evaluate-images, not --metrics-out")
+    labels = None
+    if image:
+        from gmflow.harness.images import balanced_labels
+
+        labels = balanced_labels(a.num_samples, specs[0]["num_classes"])
     x, rec = generate_chain([n for n, _ in loaded], a.solver, nfe, a.num_samples, a.seed, a.block_size, a.rtol,
-                            a.atol, progress=not a.quiet)
-    rec = _table_record(specs, rec)
+                            a.atol, progress=not a.quiet, sample_shape=tuple(specs[0]["sample_shape"]),
+                            labels=labels)
+    rec = _table_record(specs, rec, a.run)
+    teachers = a.teacher_blocks or (a.blocks if a.solver != "distilled" else None)
     if a.solver == "distilled":
         rec["distill_steps"] = int(sum(s["steps"] for s in specs))
+        rec["distill_seconds"] = round(float(sum(s["train_seconds"] for s in specs)), 2)
         rec["train_steps"] = int(sum(s["teacher_steps"] for s in specs))
+        rec["num_students"] = len(specs)
+    if teachers:
+        rec.update(chain_training_cost(teachers))
     out = Path(a.out)
-    io.save_npz(out, samples=x, record=json.dumps(rec))
+    if image:
+        from gmflow.harness.data_images import to_uint8
+
+        images = to_uint8(torch.from_numpy(x)).numpy()
+        io.save_npz(out, images=images, labels=labels.numpy(), record=json.dumps(rec))
+    else:
+        io.save_npz(out, samples=x, record=json.dumps(rec))
     io.write_json(io.provenance(_args(a), kind="lfm-sample", **rec), out.with_suffix(".json"))
     if a.metrics_out:  # evaluate in the same process, as the other 2D samplers
         io.save_csv(cli._metric_rows_2d(x, rec, np.load(a.reference)["samples"], a.knn_points), a.metrics_out)
@@ -407,19 +542,31 @@ def cmd_distill(a) -> None:
     from gmflow.harness.lfm import StudentTrainConfig, train_student
 
     torch.set_num_threads(a.threads)
-    teacher, spec = load_block(a.block_dir)
+    teachers = [load_block(d) for d in a.blocks]
+    specs = [s for _, s in teachers]
+    first, last = specs[0]["block"], specs[-1]["block"]
+    if [s["block"] for s in specs] != list(range(first, last + 1)):
+        raise ValueError(f"--blocks must be consecutive blocks of one chain, first to last; got blocks "
+                         f"{[s['block'] for s in specs]}")
     x_data, x_noisy = load_pool(a.pool_in), load_pool(a.pool_out)
+    labels, labels_out = load_pool_labels(a.pool_in), load_pool_labels(a.pool_out)
     if x_data.shape != x_noisy.shape:
         raise ValueError(f"--pool-in {tuple(x_data.shape)} and --pool-out {tuple(x_noisy.shape)} differ: pass the "
-                         f"block's pool and the same pool pushed through the block")
-    net = _build_net(spec["width"], spec["depth"])
-    net.load_state_dict(teacher.state_dict())  # warm start: the student starts as one Euler step of the teacher
+                         f"group's pool (pool_{first - 1}) and the same pool pushed through it (pool_{last})")
+    if (labels is None) != (labels_out is None) or (labels is not None and not torch.equal(labels, labels_out)):
+        raise ValueError("--pool-in and --pool-out carry different labels: they are not one pool pushed")
+    spec = specs[-1]
+    net = _build_net(spec)
+    # warm start from the group's last (noisiest) block: a one-block student starts as one Euler step of its teacher
+    net.load_state_dict(teachers[-1][0].state_dict())
     cfg = StudentTrainConfig(steps=a.steps, batch_size=a.batch_size, lr=a.lr, warmup_steps=a.warmup_steps,
                              seed=a.seed)
-    record = train_student(net, x_noisy, x_data, spec["block"], cfg, a.out, progress=not a.quiet)
-    keep = ("network", "dataset", "block", "num_blocks", "h", "interpolant", "width", "depth", "sample_shape")
-    out = {**{k: spec[k] for k in keep}, "method": METHOD, "kind": "student", "teacher_steps": spec["steps"],
-           "teacher_train_seconds": spec["train_seconds"], **record}
+    record = train_student(net, x_noisy, x_data, first, cfg, a.out, progress=not a.quiet, labels=labels)
+    keep = ("network", "dataset", "num_blocks", "interpolant", "width", "depth", "sample_shape", "num_classes")
+    out = {**{k: spec[k] for k in keep if k in spec}, "block": first, "last_block": last,
+           "h": [s["h"] for s in specs], "method": METHOD, "kind": "student",
+           "teacher_steps": int(sum(s["steps"] for s in specs)),
+           "teacher_train_seconds": round(float(sum(s["train_seconds"] for s in specs)), 2), **record}
     io.write_json(out, Path(a.out) / "run.json")
     io.write_json(io.provenance(_args(a), kind="lfm-distill", **record), Path(a.out) / "provenance.json")
 
@@ -440,7 +587,7 @@ def add_lfm_parsers(sub, fmt) -> None:
                        formatter_class=fmt, epilog=ex.format(
                            "lfm-train-block --dataset gmm2d --block 2 --num-blocks 9 --pool lfm/pool_1.npz "
                            "--init-from lfm/block_1/ema.safetensors --out lfm/block_2"))
-    s.add_argument("--dataset", choices=registry.DATASETS_2D, required=True)
+    s.add_argument("--dataset", choices=(*registry.DATASETS_2D, *registry.IMAGE_DATASETS), required=True)
     s.add_argument("--block", type=_positive_int, required=True, help="block index n (1-based); n = N is the free one")
     s.add_argument("--num-blocks", type=_positive_int, required=True, help="N, including the free block")
     s.add_argument("--step-c", type=_positive_float, default=0.025, help="h_n = c rho^(n-1)")
@@ -448,8 +595,11 @@ def add_lfm_parsers(sub, fmt) -> None:
     s.add_argument("--pool", required=True, help="block n's pool .npz (pool_{n-1}; pool_0 = the training sample)")
     s.add_argument("--init-from", default=None, help="warm start: block n-1's ema.safetensors")
     s.add_argument("--interpolant", choices=sorted(INTERPOLANTS), default="linear")
-    s.add_argument("--width", type=_positive_int, default=256)
-    s.add_argument("--depth", type=_positive_int, default=3)
+    s.add_argument("--network", default=None, help="image datasets: the DiT variant (velocity head)")
+    s.add_argument("--width", type=_positive_int, default=256, help="2D MLP width")
+    s.add_argument("--depth", type=_positive_int, default=3, help="2D MLP depth")
+    s.add_argument("--label-dropout", type=float, default=0.1, help="images: probability of the null class")
+    s.add_argument("--grad-clip", type=float, default=0.0, help="gradient-norm clip; 0 = off")
     s.add_argument("--steps", type=_positive_int, default=667)
     s.add_argument("--batch-size", type=_positive_int, default=1024)
     s.add_argument("--lr", type=_positive_float, default=2e-4)
@@ -462,6 +612,16 @@ def add_lfm_parsers(sub, fmt) -> None:
     s.add_argument("--quiet", action="store_true")
     s.add_argument("--out", required=True, help="block folder")
     s.set_defaults(func=cmd_train_block)
+
+    s = sub.add_parser("lfm-image-pool", help="LFM: the training pool of an image chain (images and labels)",
+                       formatter_class=fmt, epilog=ex.format(
+                           "lfm-image-pool --dataset fashion-mnist --num-images 10000 --out lfm/pool_0.npz"))
+    s.add_argument("--dataset", choices=registry.IMAGE_DATASETS, required=True)
+    s.add_argument("--num-images", type=_positive_int, default=None,
+                   help="a class-balanced prefix of the training split (default: all of it)")
+    s.add_argument("--data-root", default=None, help="folder of the dataset's files (default: its standard place)")
+    s.add_argument("--out", required=True, help="pool_0 .npz (x in [-1, 1], labels)")
+    s.set_defaults(func=cmd_image_pool)
 
     s = sub.add_parser("lfm-push", help="LFM: push a pool through a trained block (t: 0 -> 1), cached",
                        formatter_class=fmt, epilog=ex.format(
@@ -488,6 +648,9 @@ def add_lfm_parsers(sub, fmt) -> None:
     s.add_argument("--nfe-per-block", type=_positive_int, default=None, help="euler / heun: evaluations per block")
     s.add_argument("--rtol", type=_positive_float, default=1e-5, help="dopri5")
     s.add_argument("--atol", type=_positive_float, default=1e-5, help="dopri5")
+    s.add_argument("--teacher-blocks", nargs="+", default=None,
+                   help="distilled: the teachers' block folders (for the chain's training cost in the record)")
+    s.add_argument("--run", default=RUN, help="the chain's name in the tables")
     s.add_argument("--num-samples", type=_positive_int, default=50000)
     s.add_argument("--block-size", type=_positive_int, default=10000, help="samples per noise stream")
     s.add_argument("--reference", default=None, help="exact reference sample to evaluate against")
@@ -516,13 +679,14 @@ def add_lfm_parsers(sub, fmt) -> None:
     s.add_argument("--out", required=True, help="output long-format .csv")
     s.set_defaults(func=cmd_nll)
 
-    s = sub.add_parser("lfm-distill", help="LFM: distil one block into a one-step student",
+    s = sub.add_parser("lfm-distill", help="LFM: distil one block (or consecutive blocks) into a one-step student",
                        formatter_class=fmt, epilog=ex.format(
-                           "lfm-distill --block-dir lfm/block_2 --pool-in lfm/pool_1.npz --pool-out lfm/pool_2.npz "
+                           "lfm-distill --blocks lfm/block_2 --pool-in lfm/pool_1.npz --pool-out lfm/pool_2.npz "
                            "--out lfm/student_2"))
-    s.add_argument("--block-dir", required=True, help="the teacher block")
-    s.add_argument("--pool-in", required=True, help="the block's pool (data side: the teacher's t = 0 endpoints)")
-    s.add_argument("--pool-out", required=True, help="the pool pushed through the block (t = 1 inputs)")
+    s.add_argument("--blocks", nargs="+", required=True,
+                   help="the teacher block folder, or consecutive blocks n..m first to last (one student for all)")
+    s.add_argument("--pool-in", required=True, help="the group's pool pool_{n-1} (data side: the t = 0 endpoints)")
+    s.add_argument("--pool-out", required=True, help="that pool pushed through blocks n..m, pool_m (t = 1 inputs)")
     s.add_argument("--steps", type=_positive_int, default=300)
     s.add_argument("--batch-size", type=_positive_int, default=1024)
     s.add_argument("--lr", type=_positive_float, default=2e-4)

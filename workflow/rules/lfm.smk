@@ -181,7 +181,7 @@ rule lfm_distill:
     resources:
         mem_mb=2000,
     shell:
-        "{CLI} lfm-distill --block-dir {params.block} --pool-in {input.pool_in} --pool-out {input.pool_out}"
+        "{CLI} lfm-distill --blocks {params.block} --pool-in {input.pool_in} --pool-out {input.pool_out}"
         " --steps {params.d[steps]} --batch-size {params.d[batch_size]} --lr {params.d[lr]}"
         " --warmup-steps {params.d[warmup_steps]} --seed {params.seed} --threads {threads} --quiet"
         " --out {params.out} > {log} 2>&1"

@@ -37,6 +37,8 @@ rule sample_images:
         spec=f"{RES}/images/{{dataset}}/{{run}}/run.json",
     output:
         f"{RES}/images/{{dataset}}/{{run}}/samples/{{tag}}.npz",
+    wildcard_constraints:  # a trained run or its snapshot '{run}-at{k}' (LFM chains have their own rule)
+        run=f"(?:{'|'.join(IMG['runs'])})(?:-at\\d+)?" if IMG else "^$",
     log:
         f"{RES}/logs/sample_images/{{dataset}}_{{run}}_{{tag}}.log",
     benchmark:

@@ -87,8 +87,11 @@ TABLE4_NFE = 8
 
 
 def load_images(path: str | Path) -> pd.DataFrame:
-    """The long table of the image experiment, with numeric columns typed."""
+    """The long table of the image experiment, with numeric columns typed. Training snapshots (runs '{run}-at{k}',
+    shown beside LFM for quality vs training time) are left out: the paper's tables compare fully trained models."""
     df = pd.read_csv(path)
+    if "run" in df.columns:
+        df = df[~df["run"].astype(str).str.fullmatch(r".+-at\d+")].reset_index(drop=True)
     missing = [c for c in IMAGE_COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"{path}: columns {missing} are missing (columns seen: {list(df.columns)}); "
