@@ -129,3 +129,39 @@ def test_lfm_block_reruns_alone(ci_results):
     _run([table, "--forcerun", block], ci_results)
     assert os.path.getmtime(block) > before
     assert "resumed" in (ci_results / "logs/lfm/train_checkerboard_block2.log").read_text()
+
+
+@pytest.mark.workflow
+def test_lfm_image_outputs(ci_results):
+    """LFM on the CI images: every configured sample set with its counted NFE, the budget chain and the snapshot runs
+    in the comparison table, the chain's training cost, and the rendered report."""
+    from gmflow.harness.config import validate_config
+    from gmflow.harness.lfm_config import image_sample_sets
+
+    cfg = validate_config(yaml.safe_load(open(ROOT / "config/ci.yaml")))
+    lfm, images = cfg["lfm_images"], cfg["images"]
+    n = lfm["num_blocks"]
+    df = pd.read_csv(ci_results / "tables/lfm_images.csv")
+    assert df.value.notna().all()
+    chains = df[df.method == "lfm"]
+    assert set(zip(chains.run, chains.sample_set, strict=True)) == {
+        (s["chain"], s["tag"]) for s in image_sample_sets(lfm, images)}
+    main = chains[chains.run == "lfm"]
+    euler = main[main.solver == "euler"]
+    assert set(euler.nfe) == {n * k for k in lfm["sample"]["euler"]}
+    assert set(main[main.solver == "distilled"].nfe) == set(lfm["sample"]["distilled"])
+    assert (main[main.solver == "dopri5"].nfe >= 2 * n).all()
+    steps = images["train"]["steps"]
+    assert set(main.train_steps) == {steps}
+    assert set(chains[chains.run != "lfm"].train_steps) == set(lfm["budgets"])
+    snaps = df[df.run.str.contains(r"-at\d+$") & (df.method != "lfm")]
+    assert set(snaps.train_steps) == set(images["train"]["snapshot_steps"]) and len(snaps)
+    assert (df.groupby("run").train_seconds.first() > 0).all()
+    rec = json.loads((ci_results / f"images/{images['dataset']}/lfm/samples/{euler.sample_set.iloc[0]}.json")
+                     .read_text())
+    pool = lfm["pool_size"]
+    assert rec["push_evaluations"] == pool * lfm["push"]["nfe"] * (n - 1)
+    assert rec["train_samples"] == steps * images["train"]["batch_size"]
+    assert rec["train_seconds"] == pytest.approx(rec["block_train_seconds"] + rec["push_seconds"], abs=0.02)
+    html = (ci_results / "reports/lfm_images.html").read_text()
+    assert "SECOND-HAND" in html and "<img" in html and "<table" in html and "Traceback" not in html
