@@ -285,6 +285,9 @@ def test_log_likelihood_of_exact_blocks_is_the_gaussian_log_density(kind):
     e1 = (lfm.log_likelihood(blocks, x, 20, "euler") - truth).abs().max()
     e2 = (lfm.log_likelihood(blocks, x, 40, "euler") - truth).abs().max()
     assert 1.6 < e1 / e2 < 2.4
+    e_tight = (lfm.log_likelihood(blocks, x, method="dopri5", rtol=1e-9, atol=1e-9) - truth).abs().max()
+    e_loose = (lfm.log_likelihood(blocks, x, method="dopri5", rtol=1e-3, atol=1e-3) - truth).abs().max()
+    assert e_tight < 1e-7 and e_tight < e_loose
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -231,7 +231,7 @@ def test_nll_rows_for_gmm2d(chain):
     df = pd.read_csv(out)
     assert list(df.columns) == cli.TABLE_COLUMNS
     v = dict(zip(df.metric, df.value, strict=True))
-    assert set(v) == {"nll", "nll_se", "nll_half_steps", "data_nll", "kl_estimate", "kl_estimate_se"}
+    assert set(v) == {"nll", "nll_se", "nll_coarse", "nll_coarse_diff_se", "data_nll", "kl_estimate", "kl_estimate_se"}
     x = np.load(chain / "ref.npz")["samples"][:40].astype(np.float64)
     assert v["data_nll"] == pytest.approx(-get_dataset_2d("gmm2d").log_prob(x).mean(), rel=1e-12)
     assert v["kl_estimate"] == pytest.approx(v["nll"] - v["data_nll"], abs=1e-9)
@@ -240,6 +240,25 @@ def test_nll_rows_for_gmm2d(chain):
     nets = [lfm_cli.load_block(b)[0] for b in _blocks(chain)]
     ll = blfm.log_likelihood([block_velocity(n) for n in nets], torch.from_numpy(x).float(), 2)
     assert v["nll"] == pytest.approx(-ll.double().mean().item(), rel=1e-5)
+
+
+def test_adaptive_nll_rows_are_the_library_dopri5_solve(chain):
+    """dopri5 NLL rows: the value is the library's dopri5 log-likelihood at the same tolerance, the coarse check row
+    is present, and the counted evaluations exceed 6 per block. (The library's dopri5 NLL is checked against the
+    closed form in tests/test_lfm.py. These tiny MLPs with fine position features need thousands of evaluations per
+    block to resolve the divergence integral: fixed-step RK4 is far from converged at 160 steps per block.)"""
+    out = chain / "nll_dopri5.csv"
+    _run("lfm-nll", "--blocks", *_blocks(chain), "--reference", chain / "ref.npz", "--num-points", 10,
+         "--method", "dopri5", "--tol", 1e-3, "--out", out)
+    df = pd.read_csv(out)
+    v = dict(zip(df.metric, df.value, strict=True))
+    assert {"nll_coarse", "nll_coarse_diff_se"} <= set(v) and np.isfinite(v["nll_coarse"])
+    x = np.load(chain / "ref.npz")["samples"][:10].astype(np.float64)
+    nets = [lfm_cli.load_block(b)[0] for b in _blocks(chain)]
+    ll = blfm.log_likelihood([block_velocity(n) for n in nets], torch.from_numpy(x).float(), method="dopri5",
+                             rtol=1e-3, atol=1e-3)
+    assert v["nll"] == pytest.approx(-ll.double().mean().item(), rel=1e-5)
+    assert set(df.solver) == {"dopri5"} and (df.nfe > 6 * N).all()
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from gmflow.harness.sweeps import TAG_PATTERN, image_points, parse_tag, point_ta
 
 def _images(sweeps, spectral=True):
     cfg = yaml.safe_load(open("config/ci.yaml"))
+    cfg.pop("lfm_images")  # it names sweeps of the shipped config
     cfg["images"]["sweeps"] = sweeps
     cfg["images"]["train"]["spectral"] = spectral
     return validate_config(cfg)["images"]

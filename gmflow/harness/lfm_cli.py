@@ -180,9 +180,12 @@ def cmd_image_pool(a) -> None:
 
     x, y = load_images(a.dataset, "train", a.data_root)
     if a.num_images is not None:
-        if a.num_images > len(x):
-            raise ValueError(f"--num-images {a.num_images} > {len(x)} training images of {a.dataset}")
-        idx = stratified_order(y)[: a.num_images]
+        order = stratified_order(y)
+        if a.num_images > len(order):
+            raise ValueError(f"--num-images {a.num_images} > {len(order)}: a class-balanced prefix of the {len(x)} "
+                             f"training images of {a.dataset} holds at most {len(order)} (10 x the smallest class); "
+                             "leave --num-images out to use them all")
+        idx = order[: a.num_images]
         x, y = x[idx], y[idx]
     io.save_npz(a.out, x=x.numpy(), labels=y.numpy())
     counts = np.bincount(y.numpy()).tolist()
@@ -428,6 +431,11 @@ def cmd_sample(a) -> None:
                             labels=labels)
     rec = _table_record(specs, rec, a.run)
     teachers = a.teacher_blocks or (a.blocks if a.solver != "distilled" else None)
+    if a.teacher_blocks:
+        tspecs = [_read_spec(d) for d in a.teacher_blocks]
+        _check_chain(tspecs)
+        if tspecs[0]["num_blocks"] != specs[0]["num_blocks"] or tspecs[0]["dataset"] != specs[0]["dataset"]:
+            raise ValueError("--teacher-blocks must be the blocks of the chain the students were distilled from")
     if a.solver == "distilled":
         rec["distill_steps"] = int(sum(s["steps"] for s in specs))
         rec["distill_seconds"] = round(float(sum(s["train_seconds"] for s in specs)), 2)
@@ -435,6 +443,12 @@ def cmd_sample(a) -> None:
         rec["num_students"] = len(specs)
     if teachers:
         rec.update(chain_training_cost(teachers))
+    if a.solver == "distilled" and a.teacher_blocks:  # the push through the free block serves distillation only
+        last = Path(a.teacher_blocks[-1]).parent / f"pool_{len(a.teacher_blocks)}.json"
+        if last.exists():
+            r = json.loads(last.read_text())
+            rec.update(distill_push_seconds=float(r["seconds"]),
+                       distill_push_evaluations=int(round(r["nfe_per_sample"] * r["pool_size"])))
     out = Path(a.out)
     if image:
         from gmflow.harness.data_images import to_uint8
@@ -454,31 +468,36 @@ def cmd_sample(a) -> None:
 
 
 def chain_nll(chain: list[torch.nn.Module], x: np.ndarray, num_steps: int, method: str = "rk4",
-              batch_size: int = 1000) -> tuple[np.ndarray, int]:
-    """``-log p_model(x)`` (nats) of points ``x (M, 2)`` through the chain's ODE (exact divergence, SPEC B.1).
+              batch_size: int = 1000, tol: float = 1e-5) -> tuple[np.ndarray, float]:
+    """``-log p_model(x)`` (nats) of points ``x (M, 2)`` through the chain's ODE (exact divergence, SPEC B.1), with
+    ``num_steps`` fixed steps per block (rk4, euler) or adaptive dopri5 at ``rtol = atol = tol``.
 
     Returns:
-        ``(M,)`` negative log-likelihoods and the counted block evaluations per point.
+        ``(M,)`` negative log-likelihoods and the counted block evaluations per point (averaged over batches).
     """
     from baselines.lfm import NFECounter, log_likelihood
     from gmflow.harness.lfm import block_velocity
 
-    out, nfe = [], 0
+    out, nfes, sizes = [], [], []
     for i in range(0, len(x), batch_size):
         fns = [NFECounter(block_velocity(n)) for n in chain]
         xb = torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size], dtype=np.float32))
-        out.append(-log_likelihood(fns, xb, num_steps, method).double().numpy())
-        nfe = sum(f.nfe for f in fns)
+        out.append(-log_likelihood(fns, xb, num_steps, method, rtol=tol, atol=tol).double().numpy())
+        nfes.append(sum(f.nfe for f in fns))
+        sizes.append(len(xb))
+    nfe = nfes[0] if len(set(nfes)) == 1 else round(float(np.average(nfes, weights=sizes)), 1)
     return np.concatenate(out), nfe
 
 
 def nll_rows(dataset: str, nll: np.ndarray, data_logp: np.ndarray, rec: dict,
-             nll_half: np.ndarray | None = None) -> pd.DataFrame:
+             nll_coarse: np.ndarray | None = None) -> pd.DataFrame:
     """Long-format rows: model NLL, data NLL (the entropy estimate) and their gap, an estimate of KL(data || model).
 
     ``E_data[-log p_model] - E_data[-log p_data] = KL(p_data || p_model)``; both means are over the same exact points,
-    so the gap's standard error is that of the per-point differences. ``nll_half`` (the same points with half the ODE
-    steps) gives the row ``nll_half_steps``: far from ``nll``, the ODE is not resolved at this step count.
+    so the gap's standard error is that of the per-point differences. ``nll_coarse`` (the same points with a coarser
+    solve: half the fixed steps, or a 10x looser dopri5 tolerance) gives the rows ``nll_coarse`` and
+    ``nll_coarse_diff_se`` (standard error of the per-point differences): far from ``nll`` in those units, the ODE is
+    not resolved and ``nll`` is not converged.
     """
     from gmflow.harness import cli
 
@@ -487,8 +506,9 @@ def nll_rows(dataset: str, nll: np.ndarray, data_logp: np.ndarray, rec: dict,
     values = {"nll": nll.mean(), "nll_se": nll.std(ddof=1) / math.sqrt(n) if n > 1 else float("nan"),
               "data_nll": -data_logp.mean(), "kl_estimate": gap.mean(),
               "kl_estimate_se": gap.std(ddof=1) / math.sqrt(n) if n > 1 else float("nan")}
-    if nll_half is not None:
-        values["nll_half_steps"] = nll_half.mean()
+    if nll_coarse is not None:
+        values["nll_coarse"] = nll_coarse.mean()
+        values["nll_coarse_diff_se"] = (nll - nll_coarse).std(ddof=1) / math.sqrt(n) if n > 1 else float("nan")
     base = {k: rec.get(k) for k in cli.TABLE_COLUMNS}
     rows = [{**base, "dataset": dataset, "metric": m, "value": float(v), "feature_extractor": "exact-density"}
             for m, v in values.items()]
@@ -525,11 +545,15 @@ def cmd_nll(a) -> None:
     if not np.isfinite(data_logp).all():
         raise ValueError(f"{a.reference} holds points outside the support of {ds.name!r}: not an exact sample")
     t0 = time.perf_counter()
-    nll, nfe = chain_nll(chain, x, a.num_steps, a.method, a.batch_size)
-    nll_half = chain_nll(chain, x, a.num_steps // 2, a.method, a.batch_size)[0] if a.num_steps >= 2 else None
+    nll, nfe = chain_nll(chain, x, a.num_steps, a.method, a.batch_size, a.tol)
+    if a.method == "dopri5":
+        nll_coarse = chain_nll(chain, x, a.num_steps, a.method, a.batch_size, min(10 * a.tol, 0.1))[0]
+    else:
+        nll_coarse = chain_nll(chain, x, a.num_steps // 2, a.method, a.batch_size)[0] if a.num_steps >= 2 else None
     rec.update(solver=a.method, nfe=nfe, nfe_budget=nfe, seed=a.seed, num_samples=a.num_points,
-               num_steps_per_block=a.num_steps, seconds=round(time.perf_counter() - t0, 2))
-    io.save_csv(nll_rows(ds.name, nll, data_logp, rec, nll_half), a.out)
+               num_steps_per_block=a.num_steps if a.method != "dopri5" else None,
+               tol=a.tol if a.method == "dopri5" else None, seconds=round(time.perf_counter() - t0, 2))
+    io.save_csv(nll_rows(ds.name, nll, data_logp, rec, nll_coarse), a.out)
     io.write_json(io.provenance(_args(a), kind="lfm-nll", **rec), Path(a.out).with_suffix(".json"))
 
 
@@ -548,8 +572,13 @@ def cmd_distill(a) -> None:
     if [s["block"] for s in specs] != list(range(first, last + 1)):
         raise ValueError(f"--blocks must be consecutive blocks of one chain, first to last; got blocks "
                          f"{[s['block'] for s in specs]}")
+    if len({(s["num_blocks"], s["dataset"], s["network"], s["interpolant"]) for s in specs}) != 1:
+        raise ValueError("--blocks must come from one chain (same number of blocks, dataset, network, interpolant)")
     x_data, x_noisy = load_pool(a.pool_in), load_pool(a.pool_out)
     labels, labels_out = load_pool_labels(a.pool_in), load_pool_labels(a.pool_out)
+    if list(x_data.shape[1:]) != list(specs[0]["sample_shape"]):
+        raise ValueError(f"the pools hold {tuple(x_data.shape[1:])} samples, the blocks take "
+                         f"{tuple(specs[0]['sample_shape'])}")
     if x_data.shape != x_noisy.shape:
         raise ValueError(f"--pool-in {tuple(x_data.shape)} and --pool-out {tuple(x_noisy.shape)} differ: pass the "
                          f"group's pool (pool_{first - 1}) and the same pool pushed through it (pool_{last})")
@@ -672,7 +701,8 @@ def add_lfm_parsers(sub, fmt) -> None:
     s.add_argument("--num-points", type=_positive_int, default=2000, help="the reference's first points")
     s.add_argument("--num-steps", type=_positive_int, default=10,
                    help="fixed ODE steps per block (also reported at half as many, a convergence check)")
-    s.add_argument("--method", choices=("rk4", "euler"), default="rk4")
+    s.add_argument("--method", choices=("rk4", "euler", "dopri5"), default="rk4")
+    s.add_argument("--tol", type=_positive_float, default=1e-5, help="dopri5: rtol = atol (the coarse check uses 10x)")
     s.add_argument("--batch-size", type=_positive_int, default=1000)
     s.add_argument("--seed", type=_nonneg_int, default=0, help="the reference's seed (a table column)")
     s.add_argument("--threads", type=_positive_int, default=1)

@@ -90,7 +90,7 @@ def image_sample_tag(solver: str, nfe: int, seed: int, tol: float | None = None)
     """A sample-set name in the image sweeps' form (``sweeps.TAG_PATTERN``) so that evaluate-images serves LFM too:
     ``euler_nfe8_gnone0_o0_n1_sp0_seed0``; ``nfe`` is the total budget (0 for dopri5, whose tolerance is in the
     solver part: ``dopri5-tol1e-02``)."""
-    name = solver if tol is None else f"{solver}-tol{tol:.0e}"
+    name = solver if tol is None else f"{solver}-tol{tol:.3e}".replace(".", "p")
     return f"{name}_nfe{nfe}_gnone0_o0_n1_sp0_seed{seed}"
 
 
@@ -126,14 +126,18 @@ def check_lfm_images_config(config: dict) -> None:
         if total % N:
             raise ConfigError(f"config error at '{where}': {total} training steps do not split evenly over "
                               f"lfm_images.num_blocks = {N} blocks; choose a multiple of {N}")
-    if steps in lfm["budgets"]:
-        raise ConfigError(f"config error at 'lfm_images.budgets': {steps} is the main chain's budget "
-                          "(images.train.steps); list only smaller budgets")
+    if any(k >= steps for k in lfm["budgets"]):
+        raise ConfigError(f"config error at 'lfm_images.budgets': {lfm['budgets']} must all be below the main "
+                          f"chain's budget images.train.steps = {steps}")
     bad = [g for g in lfm["sample"]["distilled"] if not 1 <= g <= N]
     if bad:
         raise ConfigError(f"config error at 'lfm_images.sample.distilled': {bad} students; a chain of {N} blocks "
                           f"has 1..{N}")
     for where, p in (("lfm_images.push", lfm["push"]), ("lfm_images.distill.push", lfm["distill"]["push"])):
+        if p["solver"] != "dopri5" and p["nfe"] is None:
+            raise ConfigError(f"config error at '{where}.nfe': solver {p['solver']} needs a number of evaluations")
+        if p["solver"] == "dopri5" and p["nfe"] is not None:
+            raise ConfigError(f"config error at '{where}.nfe': dopri5 adapts its steps; set nfe to null")
         if p["solver"] == "heun" and p["nfe"] % 2:
             raise ConfigError(f"config error at '{where}.nfe': heun takes 2 evaluations per step, got {p['nfe']}")
     if lfm["budget_sample"]["solver"] == "heun" and lfm["budget_sample"]["nfe_per_block"] % 2:

@@ -7,6 +7,7 @@
 #   {RES}/lfm/{dataset}/student_{n}/           one-step student of block n (teacher pairs pool_n -> pool_{n-1})
 #   {RES}/lfm/{dataset}/samples|metrics/{solver}_{setting}_seed{seed}.npz|.csv, setting nfe{per block} or tol{tol}
 #   {RES}/lfm/{dataset}/metrics/nll_seed{seed}.csv    exact NLL of held-out points and its gap to the data entropy
+#                                                     (dopri5 by default; repeated at 10x the tolerance as a check)
 #   {RES}/lfm/{dataset}/metrics/nll-flow_{run}_seed{seed}.csv   the same for the 2D sweep's flow-matching runs
 # Needs common.smk (RES, CLI, PY, ENV, THREADS) and data.smk (reference_2d); included after them.
 from gmflow.harness.lfm_cli import SAMPLE_SOLVERS as LFM_SOLVERS
@@ -238,7 +239,8 @@ rule lfm_nll:
         mem_mb=2000,
     shell:
         "{CLI} lfm-nll --blocks {params.chain} --reference {input.reference} --num-points {params.n[num_points]}"
-        " --num-steps {params.n[num_steps]} --seed {wildcards.seed} --threads {threads} --out {output} > {log} 2>&1"
+        " --method {params.n[method]} --num-steps {params.n[num_steps]} --tol {params.n[tol]} --seed {wildcards.seed}"
+        " --threads {threads} --out {output} > {log} 2>&1"
 
 
 rule lfm_nll_flow:
@@ -264,7 +266,8 @@ rule lfm_nll_flow:
         mem_mb=2000,
     shell:
         "{CLI} lfm-nll --flow-run {params.run_dir} --reference {input.reference} --num-points {params.n[num_points]}"
-        " --num-steps {params.steps} --seed {wildcards.seed} --threads {threads} --out {output} > {log} 2>&1"
+        " --method {params.n[method]} --num-steps {params.steps} --tol {params.n[tol]} --seed {wildcards.seed}"
+        " --threads {threads} --out {output} > {log} 2>&1"
 
 
 rule lfm_table:
