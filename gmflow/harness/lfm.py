@@ -12,8 +12,9 @@ teacher pairs ``(noisy side, data side)`` of that block's ODE; students of all b
 Networks: any ``net(x, timestep)`` over the project's timestep units, e.g. :class:`gmflow.harness.networks.MLP2D`
 with ``head="velocity"``, or a class-conditional ``net(x, timestep, y)`` such as the image DiT with its velocity
 head: then the pool carries labels, training drops them to the null class with probability ``label_dropout`` (as
-the image runs), and pushing, distillation and sampling condition every sample on its label. Local time ``t in [0, 1]`` is fed as ``timestep = 1000 t``
-(:func:`baselines.lfm.local_time_to_timestep`), so block ``t = 1`` sits where ``sigma = 1`` does for flow matching.
+the image runs), and pushing, distillation and sampling condition every sample on its label. Local time
+``t in [0, 1]`` is fed as ``timestep = 1000 t`` (:func:`baselines.lfm.local_time_to_timestep`), so block ``t = 1``
+sits where ``sigma = 1`` does for flow matching.
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ def parse_tag(tag: str) -> dict:
 
 
 SNAPSHOT_PATTERN = r"(?P<base>[A-Za-z0-9][A-Za-z0-9-]*?)-at(?P<step>\d+)"
-"""A snapshot run ``{run}-at{k}``: run ``run``'s EMA weights at training step ``k`` (``images.train.snapshot_steps``)."""
+"""A snapshot run ``{run}-at{k}``: run ``run``'s EMA weights at training step ``k`` (images.train.snapshot_steps)."""
 
 
 def snapshot_run(run: str, step: int) -> str:
