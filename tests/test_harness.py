@@ -50,6 +50,30 @@ def test_killed_training_resumes_to_identical_weights(tmp_path, method):
             torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
 
 
+def test_training_extends_and_restarts_when_settings_change(tmp_path, capsys):
+    """A finished run called again with more steps continues to the weights of one longer run; a state saved with
+    other settings (here the learning rate) is discarded, giving the weights of a fresh run with the new settings."""
+    ds = get_dataset_2d("checkerboard")
+
+    def run(out, **kw):
+        cfg = TrainConfig(**{"method": "fm", "steps": 20, "batch_size": 64, "warmup_steps": 5, "checkpoint_every": 10,
+                             **kw})
+        train(_net("velocity"), cfg, lambda n, g: ds.sample(n, g), tmp_path / out, progress=False)
+        return io.load_safetensors(tmp_path / out / "ema.safetensors")
+
+    def same(a, b):
+        return all(torch.equal(a[k], b[k]) for k in a)
+
+    full = run("full")
+    run("extended", steps=12)
+    assert same(run("extended"), full)
+    run("changed", lr=1e-3)
+    assert "training from the start" not in capsys.readouterr().out
+    changed = run("changed")
+    assert "training from the start" in capsys.readouterr().out
+    assert same(changed, full) and not same(run("other", lr=1e-3), full)
+
+
 @pytest.mark.parametrize(
     "solver,nfe,expected",
     [("euler", 4, 4), ("heun", 4, 3), ("heun", 1, 1), ("ddpm-small", 8, 8), ("dpm++-2m", 4, 4), ("unipc", 8, 8)],

@@ -19,8 +19,6 @@ sits where ``sigma = 1`` does for flow matching.
 
 from __future__ import annotations
 
-import copy
-import csv
 import functools
 import math
 import time
@@ -43,7 +41,7 @@ from baselines.lfm import (
     push_pool,
 )
 from gmflow.harness import io
-from gmflow.harness.train import drop_labels, karras_ema_beta
+from gmflow.harness.train import LoopSettings, drop_labels, optimise
 
 
 @dataclass
@@ -114,9 +112,9 @@ def train_block(net: nn.Module, pool: Tensor, block_index: int, h: float | None,
     With ``labels (M,)`` the network is class-conditional: each drawn row's label, dropped to ``null_label`` with
     probability ``cfg.label_dropout``, is its third argument. ``cfg.grad_clip > 0`` clips the gradient norm.
 
-    Resumable: ``out_dir/state.pt`` (atomic, every ``checkpoint_every`` steps and at the end) holds weights, EMA,
-    optimiser, schedule and random state. A killed run started again, or a finished run called again with a larger
-    ``cfg.steps``, continues to the same weights as one uninterrupted run. Other settings must not change.
+    Resumable (:func:`gmflow.harness.train.optimise`): a killed run started again, or a finished run called again
+    with a larger ``cfg.steps``, continues to the same weights as one uninterrupted run. Other settings must not
+    change (a state of other settings raises).
 
     Returns:
         A record: block, h, config, steps, train_seconds, seconds_per_step, num_parameters, final_loss.
@@ -136,68 +134,22 @@ def train_block(net: nn.Module, pool: Tensor, block_index: int, h: float | None,
     out_dir.mkdir(parents=True, exist_ok=True)
     identity = {k: v for k, v in asdict(cfg).items() if k != "steps"} | {"block": block_index, "h": h}
     gen = block_seed_generator(cfg.seed, block_index)
-    ema = copy.deepcopy(net).requires_grad_(False)
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    warm = max(cfg.warmup_steps, 1)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, 0.001 + (1 - 0.001) * i / warm))
-    start, elapsed, loss_value = 0, 0.0, float("nan")
-    state_path, log_path = out_dir / "state.pt", out_dir / "train_log.csv"
-    if state_path.exists():
-        state = torch.load(state_path, weights_only=False)
-        if state["identity"] != identity:
-            raise ValueError(f"{state_path} belongs to another run ({state['identity']}), not {identity}; "
-                             "use a new out_dir or delete the old one")
-        if state["step"] > cfg.steps:
-            raise ValueError(f"{state_path} is at step {state['step']} > cfg.steps = {cfg.steps}")
-        net.load_state_dict(state["net"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        gen.set_state(state["gen"])
-        start, elapsed, loss_value = state["step"], state["elapsed"], state["loss"]
 
-    def checkpoint(step: int, seconds: float) -> None:
-        io.torch_save_atomic({"net": net.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                              "sched": sched.state_dict(), "gen": gen.get_state(), "step": step,
-                              "elapsed": seconds, "loss": loss_value, "identity": identity}, state_path)
-
-    kind = "free" if h is None else f"h={h:.4g}"
-    pbar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress,
-                desc=f"LFM block {block_index} ({kind})", mininterval=5)
-    log_rows, t0 = [], time.perf_counter()
-    for step in pbar:
+    def step_loss() -> Tensor:
         idx = torch.randint(pool.shape[0], (cfg.batch_size,), generator=gen)
         x0 = pool[idx]
         t = torch.rand(cfg.batch_size, generator=gen)
         eps = torch.randn(x0.shape, generator=gen)
         x_t, target = lfm_pair(x0, t, cfg.interpolant, h, eps)
         cond = () if labels is None else (drop_labels(labels[idx], cfg.label_dropout, null_label, gen),)
-        loss = lfm_loss(net(x_t, local_time_to_timestep(t), *cond), target).mean()
-        loss_value = loss.item()
-        if not math.isfinite(loss_value):
-            raise FloatingPointError(f"non-finite loss {loss_value} at step {step + 1} of block {block_index}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-        opt.step()
-        sched.step()
-        beta = karras_ema_beta(step + 1, cfg.ema_gamma)
-        with torch.no_grad():
-            for pe, p in zip(ema.parameters(), net.parameters(), strict=True):
-                pe.lerp_(p, 1 - beta)
-        if (step + 1) % 50 == 0 or step == start:
-            log_rows.append((step + 1, loss_value, elapsed + time.perf_counter() - t0))
-            pbar.set_postfix(loss=f"{loss_value:.4f}")
-        if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
-            _append_log(log_path, log_rows)
-            log_rows = []
-            checkpoint(step + 1, elapsed + time.perf_counter() - t0)
-    trained = cfg.steps - start
-    elapsed += time.perf_counter() - t0
-    _append_log(log_path, log_rows)
-    if trained > 0:
-        checkpoint(cfg.steps, elapsed)
+        return lfm_loss(net(x_t, local_time_to_timestep(t), *cond), target).mean()
+
+    kind = "free" if h is None else f"h={h:.4g}"
+    settings = LoopSettings(cfg.steps, cfg.lr, cfg.weight_decay, cfg.warmup_steps, cfg.ema_gamma, cfg.grad_clip,
+                            cfg.checkpoint_every)
+    res = optimise(net, step_loss, settings, gen, out_dir, desc=f"LFM block {block_index} ({kind})",
+                   progress=progress, identity=identity, what=f" of block {block_index}")
+    ema, elapsed, loss_value = res.ema, res.elapsed, res.loss
     meta = {"block": block_index, "h": h, "interpolant": cfg.interpolant, "steps": cfg.steps,
             "train_seconds": round(elapsed, 2)}
     io.save_safetensors(net.state_dict(), out_dir / "model.safetensors", meta)
@@ -338,12 +290,3 @@ def train_student(net: nn.Module, x_noisy: Tensor, x_data: Tensor, block_index: 
     io.save_safetensors(net.state_dict(), out_dir / "student.safetensors", meta)
     return {"block": block_index, "distill": asdict(cfg), "steps": cfg.steps, "train_seconds": round(elapsed, 2),
             "num_pairs": int(x_noisy.shape[0]), "initial_loss": initial, "final_loss": float(np.mean(tail))}
-
-
-def _append_log(path: Path, rows: list) -> None:
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        w = csv.writer(f)
-        if new:
-            w.writerow(["step", "loss", "seconds"])
-        w.writerows(rows)

@@ -114,6 +114,120 @@ class _Bundle(nn.Module):
         self.net, self.spectrum = net, spectrum
 
 
+@dataclass(frozen=True)
+class LoopSettings:
+    """What the optimisation loop needs besides the loss: steps, AdamW, warm-up, EMA, clipping, checkpoints."""
+
+    steps: int
+    lr: float
+    weight_decay: float
+    warmup_steps: int
+    ema_gamma: float
+    grad_clip: float
+    checkpoint_every: int
+
+
+@dataclass
+class LoopResult:
+    """The EMA copy of the trained module, the first step of this call, the loss of the last step and the training
+    seconds of all calls together (resumed runs included)."""
+
+    ema: nn.Module
+    start: int
+    loss: float
+    elapsed: float
+
+
+def optimise(
+    model: nn.Module,
+    step_loss: Callable[[], Tensor],
+    settings: LoopSettings,
+    gen: torch.Generator,
+    out_dir: Path,
+    *,
+    desc: str,
+    progress: bool = True,
+    identity: dict | None = None,
+    on_other_run: str = "raise",
+    at_step: Callable[[int, nn.Module, float], None] | None = None,
+    what: str = "",
+) -> LoopResult:
+    """The optimisation loop shared by every trainer: AdamW with a linear warm-up from 0.001x, gradient-norm clipping,
+    a power-function EMA, a progress bar, ``train_log.csv`` and a resumable ``out_dir/state.pt``.
+
+    ``step_loss()`` draws one batch from ``gen`` and returns the scalar loss of ``model``. ``at_step(step, ema,
+    seconds)`` runs after each step's EMA update (snapshots).
+
+    Resuming: ``state.pt`` (atomic, every ``checkpoint_every`` steps and at the end) holds the weights, EMA, optimiser,
+    schedule and ``gen``'s state, and ``identity`` (the settings that must not change). A killed run started again, or a
+    finished one called again with more steps, continues to the weights of one uninterrupted run. A state of another
+    identity raises (``on_other_run="raise"``) or is discarded with a notice (``"restart"``).
+    """
+    ema = copy.deepcopy(model).requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    warm = max(settings.warmup_steps, 1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, 0.001 + (1 - 0.001) * i / warm))
+    start, elapsed, loss_value = 0, 0.0, float("nan")
+    state_path, log_path = out_dir / "state.pt", out_dir / "train_log.csv"
+    if state_path.exists():
+        state = torch.load(state_path, weights_only=False)
+        if identity is not None and state.get("identity") != identity:
+            if on_other_run != "restart":
+                raise ValueError(f"{state_path} belongs to another run ({state.get('identity')}), not {identity}; "
+                                 "use a new out_dir or delete the old one")
+            print(f"{state_path} belongs to other settings: training from the start", flush=True)
+            state_path.unlink()
+            log_path.unlink(missing_ok=True)
+            state = None
+        if state is not None:
+            if state["step"] > settings.steps:
+                raise ValueError(f"{state_path} is at step {state['step']} > steps = {settings.steps}")
+            model.load_state_dict(state["net"])
+            ema.load_state_dict(state["ema"])
+            opt.load_state_dict(state["opt"])
+            sched.load_state_dict(state["sched"])
+            gen.set_state(state["gen"])
+            start, elapsed, loss_value = state["step"], state["elapsed"], state.get("loss", float("nan"))
+
+    def checkpoint(step: int, seconds: float) -> None:
+        io.torch_save_atomic({"net": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                              "sched": sched.state_dict(), "gen": gen.get_state(), "step": step,
+                              "elapsed": seconds, "loss": loss_value, "identity": identity}, state_path)
+
+    pbar = tqdm(range(start, settings.steps), initial=start, total=settings.steps, disable=not progress, desc=desc,
+                mininterval=5)
+    log_rows, t0 = [], time.perf_counter()
+    for step in pbar:
+        loss = step_loss()
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(f"non-finite loss {loss_value} at step {step + 1}{what}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if settings.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+        opt.step()
+        sched.step()
+        beta = karras_ema_beta(step + 1, settings.ema_gamma)
+        with torch.no_grad():
+            for pe, p in zip(ema.parameters(), model.parameters(), strict=True):
+                pe.lerp_(p, 1 - beta)
+        if (step + 1) % 50 == 0 or step == start:
+            log_rows.append((step + 1, loss_value, elapsed + time.perf_counter() - t0))
+            pbar.set_postfix(loss=f"{loss_value:.4f}")
+        if at_step is not None:
+            at_step(step + 1, ema, elapsed + time.perf_counter() - t0)
+        if (step + 1) % settings.checkpoint_every == 0 and step + 1 < settings.steps:
+            _append_log(log_path, log_rows)
+            log_rows = []
+            checkpoint(step + 1, elapsed + time.perf_counter() - t0)
+    elapsed += time.perf_counter() - t0
+    _append_log(log_path, log_rows)
+    if settings.steps > start:
+        checkpoint(settings.steps, elapsed)
+    return LoopResult(ema, start, loss_value, elapsed)
+
+
 def train(
     net: nn.Module,
     cfg: TrainConfig,
@@ -128,8 +242,8 @@ def train(
     probability ``cfg.label_dropout``. A ``spectrum_net`` is trained alongside (same optimiser) and saved as
     ``spectrum_ema.safetensors``.
 
-    Resumable: ``out_dir/state.pt`` (written atomically every ``checkpoint_every`` steps) holds the weights, EMA,
-    optimiser and random state; a killed run started again continues from the last checkpoint.
+    Resumable (:func:`optimise`): a killed run started again continues from its last checkpoint; a state saved with
+    other settings (all but ``steps``, ``checkpoint_every`` and ``snapshot_steps``) is discarded, not continued.
 
     Snapshots: at each step ``k`` of ``cfg.snapshot_steps`` the EMA weights go to
     ``out_dir/snapshots/step{k}/ema.safetensors`` (and ``spectrum_ema.safetensors``) with the training seconds so
@@ -143,69 +257,37 @@ def train(
     out_dir.mkdir(parents=True, exist_ok=True)
     gen = torch.Generator().manual_seed(cfg.seed)
     bundle = _Bundle(net, spectrum_net)
-    ema_bundle = copy.deepcopy(bundle).requires_grad_(False)
-    ema = ema_bundle.net
-    opt = torch.optim.AdamW(bundle.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    warm = max(cfg.warmup_steps, 1)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, 0.001 + (1 - 0.001) * i / warm))
-    start, elapsed = 0, 0.0
-    state_path, log_path = out_dir / "state.pt", out_dir / "train_log.csv"
-    if state_path.exists():
-        state = torch.load(state_path, weights_only=False)
-        bundle.load_state_dict(state["net"])
-        ema_bundle.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        gen.set_state(state["gen"])
-        start, elapsed = state["step"], state["elapsed"]
-    log_rows = []
-    pbar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress,
-                desc=f"train {cfg.method}", mininterval=5)
-    t0 = time.perf_counter()
-    for step in pbar:
+
+    def step_loss() -> Tensor:
         batch = sample_batch(cfg.batch_size, gen)
         x0, y = batch if isinstance(batch, tuple) else (batch, None)
         if y is not None:
             y = drop_labels(y, cfg.label_dropout, cfg.null_label, gen)
-        loss = training_loss(net, cfg, x0, gen, y, spectrum_net).mean()
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"non-finite loss {loss.item()} at step {step + 1}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(bundle.parameters(), cfg.grad_clip)
-        opt.step()
-        sched.step()
-        beta = karras_ema_beta(step + 1, cfg.ema_gamma)
-        with torch.no_grad():
-            for pe, p in zip(ema_bundle.parameters(), bundle.parameters(), strict=True):
-                pe.lerp_(p, 1 - beta)
-        if (step + 1) % 50 == 0 or step == start:
-            log_rows.append((step + 1, loss.item(), elapsed + time.perf_counter() - t0))
-            pbar.set_postfix(loss=f"{loss.item():.4f}")
-        if step + 1 in cfg.snapshot_steps:
-            snap = out_dir / "snapshots" / f"step{step + 1}"
-            snap.mkdir(parents=True, exist_ok=True)
-            meta = {"steps": step + 1, "train_seconds": round(elapsed + time.perf_counter() - t0, 2)}
-            io.save_safetensors(ema.state_dict(), snap / "ema.safetensors", meta)
-            if spectrum_net is not None:
-                io.save_safetensors(ema_bundle.spectrum.state_dict(), snap / "spectrum_ema.safetensors", meta)
-        if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
-            _append_log(log_path, log_rows)
-            log_rows = []
-            io.torch_save_atomic({"net": bundle.state_dict(), "ema": ema_bundle.state_dict(), "opt": opt.state_dict(),
-                                  "sched": sched.state_dict(), "gen": gen.get_state(), "step": step + 1,
-                                  "elapsed": elapsed + time.perf_counter() - t0}, state_path)
-    elapsed += time.perf_counter() - t0
-    _append_log(log_path, log_rows)
-    meta = {"steps": cfg.steps, "train_seconds": round(elapsed, 2)}
+        return training_loss(net, cfg, x0, gen, y, spectrum_net).mean()
+
+    def snapshot(step: int, ema_bundle: nn.Module, seconds: float) -> None:
+        if step not in cfg.snapshot_steps:
+            return
+        snap = out_dir / "snapshots" / f"step{step}"
+        snap.mkdir(parents=True, exist_ok=True)
+        meta = {"steps": step, "train_seconds": round(seconds, 2)}
+        io.save_safetensors(ema_bundle.net.state_dict(), snap / "ema.safetensors", meta)
+        if spectrum_net is not None:
+            io.save_safetensors(ema_bundle.spectrum.state_dict(), snap / "spectrum_ema.safetensors", meta)
+
+    settings = LoopSettings(cfg.steps, cfg.lr, cfg.weight_decay, cfg.warmup_steps, cfg.ema_gamma, cfg.grad_clip,
+                            cfg.checkpoint_every)
+    identity = {k: v for k, v in asdict(cfg).items() if k not in ("steps", "checkpoint_every", "snapshot_steps")}
+    res = optimise(bundle, step_loss, settings, gen, out_dir, desc=f"train {cfg.method}", progress=progress,
+                   identity=identity, on_other_run="restart", at_step=snapshot)
+    meta = {"steps": cfg.steps, "train_seconds": round(res.elapsed, 2)}
     io.save_safetensors(net.state_dict(), out_dir / "model.safetensors", meta)
-    io.save_safetensors(ema.state_dict(), out_dir / "ema.safetensors", meta)
+    io.save_safetensors(res.ema.net.state_dict(), out_dir / "ema.safetensors", meta)
     if spectrum_net is not None:
-        io.save_safetensors(ema_bundle.spectrum.state_dict(), out_dir / "spectrum_ema.safetensors", meta)
+        io.save_safetensors(res.ema.spectrum.state_dict(), out_dir / "spectrum_ema.safetensors", meta)
     num_params = sum(p.numel() for p in net.parameters())
-    return {"train": asdict(cfg), "train_seconds": round(elapsed, 2), "num_parameters": num_params,
-            "seconds_per_step": round(elapsed / max(cfg.steps - start, 1), 5)}
+    return {"train": asdict(cfg), "train_seconds": round(res.elapsed, 2), "num_parameters": num_params,
+            "seconds_per_step": round(res.elapsed / max(cfg.steps - res.start, 1), 5)}
 
 
 def _append_log(path: Path, rows: list) -> None:
