@@ -96,3 +96,24 @@ def save_csv(df, path: str | Path) -> None:
     tmp = atomic_path(path)
     df.to_csv(tmp, index=False)
     os.replace(tmp, path)
+
+
+def benchmark_span(bench_dir: str | Path, patterns: tuple[str, ...] = ("*",)) -> tuple[float, float, int]:
+    """Snakemake per-job benchmark files ``{bench_dir}/{pattern}/*.tsv``: (sum of job seconds, wall span from the first
+    job's start to the last job's end, job count). A job's end is its file's modification time, its start that minus
+    its seconds. ``(nan, nan, 0)`` when there is none."""
+    import glob
+
+    import pandas as pd
+
+    starts, ends, total = [], [], 0.0
+    for pat in patterns:
+        for path in glob.glob(os.path.join(str(bench_dir), pat, "*.tsv")):
+            s = float(pd.read_csv(path, sep="\t")["s"].iloc[0])
+            end = os.path.getmtime(path)
+            starts.append(end - s)
+            ends.append(end)
+            total += s
+    if not ends:
+        return float("nan"), float("nan"), 0
+    return total, max(ends) - min(starts), len(ends)

@@ -7,8 +7,6 @@ values and whether the target was met. Nothing here is asserted: a missed target
 from __future__ import annotations
 
 import argparse
-import glob
-import os
 
 import pandas as pd
 
@@ -20,20 +18,6 @@ def tv(df, **sel):
     for k, v in sel.items():
         q = q[q[k] == v]
     return q.value.mean() if len(q) else float("nan")
-
-
-def job_span(bench_dir: str) -> tuple[float, float, int]:
-    """(sum of job seconds, span from the first job start to the last job end, job count) of the 2D jobs."""
-    starts, ends, total = [], [], 0.0
-    for path in glob.glob(os.path.join(bench_dir, "*_2d", "*.tsv")):
-        s = float(pd.read_csv(path, sep="\t")["s"].iloc[0])
-        end = os.path.getmtime(path)
-        starts.append(end - s)
-        ends.append(end)
-        total += s
-    if not ends:
-        return float("nan"), float("nan"), 0
-    return total, max(ends) - min(starts), len(ends)
 
 
 def main() -> None:
@@ -53,7 +37,7 @@ def main() -> None:
     floor = tv(df, method="data", solver="exact")
     rows.append({"target": "noise floor: TV of an exact sample of the same size", "measured": floor,
                  "reference": float("nan"), "met": "info"})
-    total, span, n = job_span(a.benchmarks)
+    total, span, n = io.benchmark_span(a.benchmarks, ("*_2d",))
     rows.append({"target": "2D jobs finish within 20 minutes (span of job start to end, one continuous run)",
                  "measured": span / 60, "reference": 20.0, "met": (span / 60 <= 20) if n else "not run"})
     rows.append({"target": "2D jobs: sum of job minutes (single-core equivalent)", "measured": total / 60,

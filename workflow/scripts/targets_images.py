@@ -8,8 +8,6 @@ written as missed, with the numbers.
 from __future__ import annotations
 
 import argparse
-import glob
-import os
 
 import numpy as np
 import pandas as pd
@@ -48,20 +46,6 @@ def matched_saturation(df: pd.DataFrame, nfe: int) -> dict:
     i, j = np.unravel_index(np.argmin(d), d.shape)
     p, c = prob.iloc[i], cfg.iloc[j]
     return {"prob": p, "cfg": c}
-
-
-def job_span(bench_dir: str, patterns: tuple[str, ...]) -> tuple[float, float, int]:
-    starts, ends, total = [], [], 0.0
-    for pat in patterns:
-        for path in glob.glob(os.path.join(bench_dir, pat, "*.tsv")):
-            s = float(pd.read_csv(path, sep="\t")["s"].iloc[0])
-            end = os.path.getmtime(path)
-            starts.append(end - s)
-            ends.append(end)
-            total += s
-    if not ends:
-        return float("nan"), float("nan"), 0
-    return total, max(ends) - min(starts), len(ends)
 
 
 def main() -> None:
@@ -118,7 +102,7 @@ def main() -> None:
         ratio = float(gm_row.step_s) / fm_step
         add(f"training step, K = {gm_row.K} head{' + spectral loss' if spectral else ''} <= 1.05 x FM step",
             ratio, 1.05, bool(ratio <= 1.05), f"{gm_row.step_s:.4f} s vs {fm_step:.4f} s at batch {gm_row.batch}")
-    total, span, n = job_span(a.benchmarks, ("*",))
+    total, span, n = io.benchmark_span(a.benchmarks)
     add("whole default workflow <= 60 minutes (span from first job start to last job end, as benchmarked)",
         span / 60, 60.0, bool(span / 60 <= 60) if n else "not run",
         f"{n} benchmarked jobs, {total / 60:.1f} job-minutes (sum); spans across separate invocations count the gap")
