@@ -243,3 +243,18 @@ def grid_moments(points: np.ndarray, logp: np.ndarray, cell: float) -> tuple[np.
 def mc_tol(std: float | np.ndarray, n: int, z: float = 5.0) -> float | np.ndarray:
     """``z`` standard errors of a Monte Carlo mean of ``n`` samples with standard deviation ``std``."""
     return z * np.asarray(std) / math.sqrt(n)
+
+
+def seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def random_gm(b: int, k: int, c: int, spatial: tuple, spread: float, logstd: float, seed: int = 0,
+              offset: float = 0.0) -> GaussianMixture:
+    """A random float64 GM: means ``offset + spread N(0, 1)``, random weights, and a log-std ``logstd +- 0.3`` that
+    differs per sample."""
+    g = seeded(seed)
+    means = offset + spread * torch.randn(b, k, c, *spatial, generator=g, dtype=F64)
+    logweights = torch.log_softmax(torch.randn(b, k, 1, *spatial, generator=g, dtype=F64), dim=1)
+    logstds = logstd + 0.3 * (2 * torch.rand(b, 1, 1, *([1] * len(spatial)), generator=g, dtype=F64) - 1)
+    return GaussianMixture(means, logweights, logstds)

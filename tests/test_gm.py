@@ -17,7 +17,9 @@ from oracles import (
     normalise_on_grid,
     np64,
     pixel_gm,
+    random_gm,
     ring_gm_data,
+    seeded,
 )
 from scipy.special import logsumexp
 
@@ -26,17 +28,12 @@ from gmflow.gm import GaussianMixture, IsoGaussian, gaussian_ratio, gm_mul_gauss
 SHAPES = [(2, ()), (3, (4, 4))]
 
 
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+_gen = seeded
 
 
 def _random_gm(b, k, c, spatial, spread=2.0, logstd=-0.5, dtype=F64, seed=0) -> GaussianMixture:
     """A random GM whose log-std differs per sample (logstd +- 0.3)."""
-    g = _gen(seed)
-    means = spread * torch.randn(b, k, c, *spatial, generator=g, dtype=F64)
-    logweights = torch.log_softmax(torch.randn(b, k, 1, *spatial, generator=g, dtype=F64), dim=1)
-    logstds = logstd + 0.3 * (2 * torch.rand(b, 1, 1, *([1] * len(spatial)), generator=g, dtype=F64) - 1)
-    return GaussianMixture(means, logweights, logstds).to(dtype)
+    return random_gm(b, k, c, spatial, spread, logstd, seed).to(dtype)
 
 
 def _pixels(spatial):

@@ -16,6 +16,8 @@ from oracles import (
     normalise_on_grid,
     np64,
     pixel_gm,
+    random_gm,
+    seeded,
 )
 from scipy.special import logsumexp
 
@@ -25,16 +27,11 @@ from gmflow.guidance import gm_cfg, guided_gm_prediction, probabilistic_guidance
 SHAPES = [(2, ()), (3, (4, 4))]
 
 
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+_gen = seeded
 
 
 def _random_gm(b, k, c, spatial, spread=1.5, logstd=-0.7, seed=0) -> GaussianMixture:
-    g = _gen(seed)
-    means = 0.5 + spread * torch.randn(b, k, c, *spatial, generator=g, dtype=F64)
-    logweights = torch.log_softmax(torch.randn(b, k, 1, *spatial, generator=g, dtype=F64), dim=1)
-    logstds = logstd + 0.3 * (2 * torch.rand(b, 1, 1, *([1] * len(spatial)), generator=g, dtype=F64) - 1)
-    return GaussianMixture(means, logweights, logstds)
+    return random_gm(b, k, c, spatial, spread, logstd, seed, offset=0.5)
 
 
 def _reference_guidance(gm: GaussianMixture, m_u: torch.Tensor, w: float, o: float):
