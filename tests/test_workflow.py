@@ -97,12 +97,14 @@ def test_bad_config_fails_before_any_job(tmp_path):
 
 @pytest.mark.workflow
 def test_lfm_outputs(ci_results):
-    cfg = yaml.safe_load(open(ROOT / "config/ci.yaml"))["lfm"]
+    from gmflow.harness.config import validate_config
+
+    cfg = validate_config(yaml.safe_load(open(ROOT / "config/ci.yaml")))["lfm"]
     n = cfg["num_blocks"]
     df = pd.read_csv(ci_results / "tables/lfm_2d.csv")
     lfm = df[df.method == "lfm"]
     assert set(zip(lfm.dataset, lfm.solver, strict=True)) == {
-        (d, s) for d in cfg["datasets"] for s in ("euler", "heun", "dopri5", "distilled", "rk4")}
+        (d, s) for d in cfg["datasets"] for s in ("euler", "heun", "dopri5", "distilled", cfg["nll"]["method"])}
     fixed = lfm[lfm.solver.isin(["euler", "heun"])]
     assert set(zip(fixed.solver, fixed.nfe, strict=True)) == {("euler", n * 1), ("heun", n * 2)}
     assert set(lfm[lfm.solver == "distilled"].nfe) == {n}
