@@ -39,6 +39,7 @@ import torch
 
 from gmflow.harness import io
 from gmflow.harness.argtypes import nonneg_int as _nonneg_int
+from gmflow.harness.argtypes import positive_float as _positive_float
 from gmflow.harness.argtypes import positive_int as _positive_int
 
 METHOD = "lfm"
@@ -49,14 +50,6 @@ SAMPLE_SOLVERS = ("euler", "heun", "dopri5", "distilled")
 """Solver keys of an LFM sample set: the block ODE solvers of :data:`baselines.lfm.SOLVERS` and the chain of one-step
 students (tests/test_lfm_workflow.py checks them against the library and the config schema)."""
 
-
-
-
-def _positive_float(s: str) -> float:
-    v = float(s)
-    if not (math.isfinite(v) and v > 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {s}")
-    return v
 
 
 def _args(a: argparse.Namespace) -> dict:
@@ -97,13 +90,12 @@ def _net_spec(a) -> dict:
             raise ValueError(f"2D dataset {a.dataset!r} takes the MLP (--width/--depth), not --network {a.network}")
         return {"network": MLP2D, "width": a.width, "depth": a.depth, "sample_shape": [2], "num_classes": 0}
     from gmflow.harness import registry
-    from gmflow.harness.data_images import IMAGE_DATASETS
+    from gmflow.harness.images import image_spec
 
     if a.network not in registry.IMAGE_NETWORKS:
         raise ValueError(f"image dataset {a.dataset!r} needs --network, one of {registry.IMAGE_NETWORKS}")
-    ds = IMAGE_DATASETS[a.dataset]
-    return {"network": a.network, "sample_shape": [ds.channels, ds.resolution, ds.resolution],
-            "num_classes": ds.num_classes}
+    spec = image_spec(a.dataset, a.network, "fm", 0, False)
+    return {k: spec[k] for k in ("network", "sample_shape", "num_classes")}
 
 
 def _build_net(spec: dict) -> torch.nn.Module:
@@ -382,6 +374,12 @@ def _table_record(specs: list[dict], rec: dict, run: str = RUN) -> dict:
             "train_steps": int(sum(s["steps"] for s in specs)), **rec}
 
 
+def push_cost(record: str | Path) -> tuple[float, int]:
+    """Seconds and forward evaluations (pool size x NFE per sample) of one push, from its ``pool_{n}.json``."""
+    r = json.loads(Path(record).read_text())
+    return float(r["seconds"]), int(round(r["nfe_per_sample"] * r["pool_size"]))
+
+
 def chain_training_cost(block_dirs: list[str | Path]) -> dict:
     """Training cost of a chain: block training seconds plus the seconds of pushing pools 1..N-1 (the pushes are
     part of training; pool N serves distillation only), read from the block records and the push records beside
@@ -397,9 +395,9 @@ def chain_training_cost(block_dirs: list[str | Path]) -> dict:
         record = Path(d).parent / f"pool_{s['block']}.json"
         if not record.exists():
             return {"train_seconds": None, "block_train_seconds": round(block_seconds, 2)}
-        r = json.loads(record.read_text())
-        push_seconds += float(r["seconds"])
-        push_evals += int(round(r["nfe_per_sample"] * r["pool_size"]))
+        seconds, evals = push_cost(record)
+        push_seconds += seconds
+        push_evals += evals
     return {"train_seconds": round(block_seconds + push_seconds, 2), "block_train_seconds": round(block_seconds, 2),
             "push_seconds": round(push_seconds, 2), "push_evaluations": push_evals,
             "train_samples": int(sum(s["steps"] * s.get("batch_size", 0) for s in specs))}
@@ -446,9 +444,8 @@ def cmd_sample(a) -> None:
     if a.solver == "distilled" and a.teacher_blocks:  # the push through the free block serves distillation only
         last = Path(a.teacher_blocks[-1]).parent / f"pool_{len(a.teacher_blocks)}.json"
         if last.exists():
-            r = json.loads(last.read_text())
-            rec.update(distill_push_seconds=float(r["seconds"]),
-                       distill_push_evaluations=int(round(r["nfe_per_sample"] * r["pool_size"])))
+            seconds, evals = push_cost(last)
+            rec.update(distill_push_seconds=seconds, distill_push_evaluations=evals)
     out = Path(a.out)
     if image:
         from gmflow.harness.data_images import to_uint8

@@ -29,6 +29,11 @@ def lfmi_blocks(w):
     return [f"{lfmi_dir(w)}/block_{n}" for n in range(1, LFMI["num_blocks"] + 1)]
 
 
+def lfmi_push_settings(w):
+    """The push of block n: lfm_images.push for the OU blocks, lfm_images.distill.push for the free block N."""
+    return LFMI["distill"]["push"] if int(w.n) == LFMI["num_blocks"] else LFMI["push"]
+
+
 def lfmi_push_opts(p):
     if p["solver"] == "dopri5":
         return f"--solver dopri5 --rtol {p['rtol']} --atol {p['rtol']}"
@@ -170,8 +175,8 @@ rule lfmi_push:
     benchmark:
         f"{RES}/benchmarks/lfm_images/push_{{dataset}}_{{chain}}_block{{n}}.tsv"
     params:
-        p=lambda w: LFMI["distill"]["push"] if int(w.n) == LFMI["num_blocks"] else LFMI["push"],
-        opts=lambda w: lfmi_push_opts(LFMI["distill"]["push"] if int(w.n) == LFMI["num_blocks"] else LFMI["push"]),
+        p=lambda w: lfmi_push_settings(w),
+        opts=lambda w: lfmi_push_opts(lfmi_push_settings(w)),
         block=lambda w: f"{lfmi_dir(w)}/block_{w.n}",
     threads: THREADS
     conda:
