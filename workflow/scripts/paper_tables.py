@@ -47,6 +47,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from gmflow.harness.sweeps import parse_snapshot_run
+
 IMAGE_COLUMNS = ["dataset", "run", "method", "K", "trans_ratio", "solver", "guidance", "guidance_scale", "orthogonal",
                  "spectral", "nfe", "nfe_budget", "substeps", "seed", "num_samples", "metric", "value",
                  "feature_extractor", "train_steps", "sample_set"]
@@ -91,7 +93,7 @@ def load_images(path: str | Path) -> pd.DataFrame:
     shown beside LFM for quality vs training time) are left out: the paper's tables compare fully trained models."""
     df = pd.read_csv(path)
     if "run" in df.columns:
-        df = df[~df["run"].astype(str).str.fullmatch(r".+-at\d+")].reset_index(drop=True)
+        df = df[df["run"].map(lambda r: parse_snapshot_run(str(r)) is None)].reset_index(drop=True)
     missing = [c for c in IMAGE_COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"{path}: columns {missing} are missing (columns seen: {list(df.columns)}); "
