@@ -73,6 +73,19 @@ def ddim(model_fn: VelocityFn, x_init: Tensor, sigmas: Tensor, *, generator=None
     return x
 
 
+def ddpm_large_std(sigma: Tensor, sigma_to: Tensor) -> Tensor:
+    """Std of the DDPM "large" variance step from ``sigma`` to ``sigma_to`` on the flow path (paper A.5).
+
+    ``sqrt(b) sigma sqrt((alpha'^2 + sigma'^2) / (alpha^2 + sigma^2))`` with
+    ``b = 1 - ((sigma'/sigma)(alpha/alpha'))^2`` (the posterior variance over ``sigma'^2``). The last step
+    (``sigma' = 0``, ``b = 1``) adds noise too, of std ``sigma / sqrt(alpha^2 + sigma^2)``, as the official scheduler
+    does.
+    """
+    alpha, alpha_to = 1 - sigma, 1 - sigma_to
+    b = 1 - (sigma_to / sigma.clamp(min=1e-6) * alpha / alpha_to.clamp(min=1e-6)).square()
+    return b.clamp(min=0).sqrt() * sigma * ((alpha_to**2 + sigma_to**2) / (alpha**2 + sigma**2).clamp(min=1e-6)).sqrt()
+
+
 def _ddpm(model_fn, x_init, sigmas, generator, large: bool) -> Tensor:
     x, sig = x_init.float(), sigmas.to(x_init.device, torch.float32)
     for i in range(len(sig) - 1):
@@ -80,9 +93,7 @@ def _ddpm(model_fn, x_init, sigmas, generator, large: bool) -> Tensor:
         v = _v(model_fn, x, s)
         c1, c2, c3 = transition_coefficients(s, s_to)
         if large:
-            b = c3 / s_to.square().clamp(min=1e-12) if s_to > 0 else torch.ones_like(s)
-            a, a_to = 1 - s, 1 - s_to
-            std = b.sqrt() * s * ((a_to**2 + s_to**2) / (a**2 + s**2)).sqrt() if s_to > 0 else torch.zeros_like(s)
+            std = ddpm_large_std(s, s_to)
         else:
             std = c3.clamp(min=0).sqrt()
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
@@ -98,21 +109,21 @@ def ddpm_small(model_fn: VelocityFn, x_init: Tensor, sigmas: Tensor, *, generato
 
 @torch.no_grad()
 def ddpm_large(model_fn: VelocityFn, x_init: Tensor, sigmas: Tensor, *, generator=None) -> Tensor:
-    """DDPM ancestral step with the "large" std ``sqrt(b) sigma sqrt((alpha'^2 + sigma'^2) / (alpha^2 + sigma^2))``.
-
-    ``b = 1 - r^2`` is the posterior's ``c3 / sigma'^2``; the last step (to sigma = 0) is deterministic.
-    """
+    """DDPM ancestral step with the "large" std of :func:`ddpm_large_std` (noise on every step, the last included)."""
     return _ddpm(model_fn, x_init, sigmas, generator, large=True)
 
 
-def cfg_velocity(v_cond: Tensor, v_uncond: Tensor, scale: float, x0_cond: Tensor | None = None,
-                 orthogonal: float = 0.0) -> Tensor:
-    """Classifier-free guidance ``v_u + w (v_c - v_u)`` (``w = 1`` is none), with optional orthogonal projection of
-    ``v_c - v_u`` against the conditional x0 mean ``x0_cond`` (SPEC Part C)."""
-    delta = v_cond - v_uncond
-    if orthogonal and x0_cond is not None:
-        delta = orthogonal_projection(delta, x0_cond, orthogonal)
-    return v_uncond + scale * delta
+def cfg_velocity(v_cond: Tensor, v_uncond: Tensor, scale: float, orthogonal: float = 0.0) -> Tensor:
+    """Classifier-free guidance of a velocity model: ``v_c + (w - 1) D_perp``, ``D = v_c - v_u``; ``w = 1`` is none.
+
+    With ``orthogonal = o > 0`` the part of ``D`` along the conditional prediction is removed,
+    ``D_perp = D - o <D, v_c> / <v_c, v_c> v_c`` per sample (projected guidance of Sadat et al. 2025, which the paper
+    applies to its baselines too; the official code projects against the conditional velocity). At ``o = 0`` this
+    is ordinary CFG ``v_u + w D``. The projection acts on the guidance term only: the conditional prediction itself is
+    kept whole, so ``w = 1`` returns ``v_c`` for every ``o``.
+    """
+    delta = orthogonal_projection(v_cond - v_uncond, v_cond, orthogonal)
+    return v_cond + (scale - 1) * delta
 
 
 FLOW_SOLVERS = {"euler": euler, "heun": heun, "ddim": ddim, "ddpm-small": ddpm_small, "ddpm-large": ddpm_large}

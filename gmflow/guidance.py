@@ -88,16 +88,17 @@ def probabilistic_guidance(
     return GMPrediction(gm=gm, base=gm_cond, base_gaussian=base_gaussian, bias=bias, target=target, scale=scale)
 
 
-def gm_cfg(gm_cond: GaussianMixture, mean_uncond: Tensor, scale: float, orthogonal: float = 0.0) -> GMPrediction:
-    """Vanilla CFG on a GM: shift every conditional component by ``(w - 1)(m_c - m_u)`` (ablation A3 of Table 4).
+def gm_cfg(gm_cond: GaussianMixture, mean_uncond: Tensor, scale: float, orthogonal: float = 0.0) -> GaussianMixture:
+    """Vanilla CFG on a GM (ablation A3 of Table 4): shift every conditional component by ``(w - 1) D_perp``.
 
-    The variance and weights are unchanged; ``w = 1`` is no guidance.
+    ``D = m_c - m_u`` (``m_c`` the conditional GM's mean); with ``orthogonal = o`` its part along ``m_c`` is removed,
+    ``D_perp = D - o <D, m_c> / <m_c, m_c> m_c``. The weights and the variance are unchanged and ``w = 1`` is no
+    guidance. The function is the same in any space; the sampler applies it to the velocity-space GMs, as the
+    official code does (its axis is then the conditional velocity mean), before converting to x0 space.
     """
     m_c = gm_cond.mean()
-    delta = orthogonal_projection(m_c - mean_uncond, m_c, orthogonal)
-    shift = (scale - 1) * delta
-    gm = GaussianMixture(gm_cond.means + shift.unsqueeze(1), gm_cond.logweights, gm_cond.logstds)
-    return GMPrediction(gm=gm)
+    shift = (scale - 1) * orthogonal_projection(m_c - mean_uncond, m_c, orthogonal)
+    return GaussianMixture(gm_cond.means + shift.unsqueeze(1), gm_cond.logweights, gm_cond.logstds)
 
 
 def guided_gm_prediction(
@@ -109,16 +110,21 @@ def guided_gm_prediction(
     scale: float = 0.0,
     orthogonal: float = 1.0,
 ) -> GMPrediction:
-    """Convert velocity GMs to x0 space and apply the guidance ``mode`` (``none``, ``probabilistic`` or ``cfg``)."""
+    """Apply the guidance ``mode`` (``none``, ``probabilistic`` or ``cfg``) and return the x0-space prediction.
 
-    gm_c = u_to_x0(gm_cond_u.to(torch.float32), x_t.float(), sigma)
-    if mode == "none":
-        return GMPrediction(gm=gm_c)
-    if gm_uncond_u is None:
+    Probabilistic guidance acts on the x0-space GMs (Sec. 3.3 of the paper); vanilla CFG (ablation A3) shifts the
+    velocity-space means by ``(w - 1) D_perp`` before the conversion, as the official sampler does.
+    """
+
+    if mode not in ("none", "probabilistic", "cfg"):
+        raise ValueError(f"unknown GM guidance mode {mode!r}; choose none, probabilistic or cfg")
+    if mode != "none" and gm_uncond_u is None:
         raise ValueError(f"guidance mode {mode!r} needs an unconditional prediction")
+    gm_cond_u = gm_cond_u.to(torch.float32)
+    if mode == "cfg":  # vanilla CFG shifts the velocity-space means (official A3), then the GM goes to x0 space
+        gm_cond_u = gm_cfg(gm_cond_u, gm_uncond_u.to(torch.float32).mean(), scale, orthogonal)
+    gm_c = u_to_x0(gm_cond_u, x_t.float(), sigma)
+    if mode != "probabilistic":
+        return GMPrediction(gm=gm_c)
     m_u = u_to_x0(gm_uncond_u.to(torch.float32), x_t.float(), sigma).mean()
-    if mode == "probabilistic":
-        return probabilistic_guidance(gm_c, m_u, scale, orthogonal)
-    if mode == "cfg":
-        return gm_cfg(gm_c, m_u, scale, orthogonal)
-    raise ValueError(f"unknown GM guidance mode {mode!r}; choose none, probabilistic or cfg")
+    return probabilistic_guidance(gm_c, m_u, scale, orthogonal)

@@ -50,6 +50,23 @@ def subdivide(sigmas: Tensor, substeps: int) -> Tensor:
     return torch.cat([inner.reshape(-1), sigmas[-1:]])
 
 
+def paper_substeps(nfe: int) -> int:
+    """GM-ODE sub-steps per network evaluation by the paper's rule (A.4): ``max(128 // NFE, 2)``, but 8 at NFE 4 or 6.
+
+    About 128 sub-steps in all, which makes the analytic sub-steps converge at every NFE the paper reports.
+    """
+    if nfe < 1:
+        raise ValueError(f"nfe must be >= 1, got {nfe}")
+    return 8 if nfe in (4, 6) else max(128 // nfe, 2)
+
+
+def ceil128_substeps(nfe: int) -> int:
+    """``ceil(128 / NFE)`` sub-steps, the rule of the paper's 2D figures (Figs. 1-3)."""
+    if nfe < 1:
+        raise ValueError(f"nfe must be >= 1, got {nfe}")
+    return -(-128 // nfe)
+
+
 def add_noise(x0: Tensor, eps: Tensor, sigma: Tensor) -> Tensor:
     """Forward process ``x_t = (1 - sigma) x0 + sigma eps`` with per-sample ``sigma (B,)``."""
     s = bcast(sigma, x0.dim()).to(x0)

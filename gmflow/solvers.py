@@ -26,7 +26,7 @@ from gmflow.gm import (
     u_to_x0,
 )
 from gmflow.guidance import GMPrediction, pixel_averaged_gaussian
-from gmflow.schedule import subdivide, transition_coefficients
+from gmflow.schedule import paper_substeps, subdivide, transition_coefficients
 
 ModelFn = Callable[[Tensor, Tensor], "GaussianMixture | GMPrediction"]
 # x0 sampler for GM-SDE: (gm_x0, target_gaussian, generator) -> x0 sample (B, C, *S). Spectral sampling plugs in here.
@@ -149,7 +149,7 @@ def sample_gm_ode(
     x_init: Tensor,
     sigmas: Tensor,
     *,
-    substeps: int = 1,
+    substeps: int | None = None,
     order: int = 1,
     generator: torch.Generator | None = None,
     ca: float = 0.005,
@@ -159,9 +159,13 @@ def sample_gm_ode(
 
     Each outer step evaluates the network once; each of its ``substeps`` Euler sub-steps of the flow ODE uses the
     x0 mean of the SAME GM re-conditioned to the current ``(x_j, sigma_j)`` (the first sub-step uses the plain mean).
-    The sub-step grid splits each outer interval evenly. ``substeps = 1`` is Euler on the GM mean.
+    The sub-step grid splits each outer interval evenly. By default ``substeps`` follows the paper's rule
+    (:func:`gmflow.schedule.paper_substeps` of the NFE ``len(sigmas) - 1``: 8 at NFE 4 or 6, else ``max(128 // NFE,
+    2)``); ``substeps = 1`` is Euler on the GM mean (ablation B1), not GM-ODE.
     """
     _check(sigmas, order)
+    if substeps is None:
+        substeps = paper_substeps(len(sigmas) - 1)
     del generator  # deterministic
     x = x_init.float()
     cache = SecondOrderCache()

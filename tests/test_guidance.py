@@ -143,15 +143,15 @@ def test_gm_cfg_shifts_every_mean_by_scaled_difference(c, spatial, w):
     gm = _random_gm(2, 3, c, spatial, seed=8)
     m_u = torch.randn(2, c, *spatial, generator=_gen(9), dtype=F64)
     m_c = (torch.softmax(gm.logweights, 1) * gm.means).sum(1)
-    pred = gm_cfg(gm, m_u, w)
+    pred = gm_cfg(gm, m_u, w)  # a GaussianMixture in the space of its inputs
     shift = (w - 1) * (m_c - m_u)
-    torch.testing.assert_close(pred.gm.means, gm.means + shift.unsqueeze(1), rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(pred.gm.logweights, gm.logweights, rtol=0, atol=0)
-    torch.testing.assert_close(pred.gm.logstds, gm.logstds, rtol=0, atol=0)
-    torch.testing.assert_close(pred.gm.mean(), m_c + shift, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(pred.means, gm.means + shift.unsqueeze(1), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(pred.logweights, gm.logweights, rtol=0, atol=0)
+    torch.testing.assert_close(pred.logstds, gm.logstds, rtol=0, atol=0)
+    torch.testing.assert_close(pred.mean(), m_c + shift, rtol=1e-12, atol=1e-12)
     if w != 1.0:
         ortho = gm_cfg(gm, m_u, w, orthogonal=1.0)
-        s = ortho.gm.mean() - m_c
+        s = ortho.mean() - m_c
         inner = (s * m_c).flatten(1).mean(1)
         assert float(inner.abs().max()) < 1e-10 * float(s.abs().max() * m_c.abs().max())
         assert float(s.abs().max()) > 1e-3

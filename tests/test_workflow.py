@@ -111,7 +111,7 @@ def test_lfm_outputs(ci_results):
     assert (lfm[lfm.solver == "dopri5"].nfe >= 2 * n).all()
     for d in cfg["datasets"]:
         assert {"nll", "nll_coarse", "data_nll", "kl_estimate"} <= set(lfm[lfm.dataset == d].metric)
-        assert all((ci_results / f"lfm/{d}/block_{b}/state.pt").exists() for b in range(1, n + 1))
+        assert all((ci_results / f"lfm/{d}/block_{b}/state.safetensors").exists() for b in range(1, n + 1))
     assert {"nll", "data_nll"} <= set(df[(df.method == "fm") & (df.dataset == "checkerboard")].metric)
     assert df.value.notna().all()
     html = (ci_results / "reports/lfm_2d.html").read_text()

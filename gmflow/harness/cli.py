@@ -42,7 +42,7 @@ def _unit_float(s: str) -> float:
 
 
 def _substeps(s: str) -> str | int:
-    if s in ("ceil128", "paper-imagenet"):
+    if s in registry.SUBSTEP_RULES:
         return s
     return _positive_int(s)
 
@@ -82,7 +82,8 @@ def cmd_train(a) -> None:
     _threads(a.threads)
     cfg = TrainConfig(method=a.method, num_components=a.num_components, trans_ratio=a.trans_ratio,
                       weight_scale=a.weight_scale, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
-                      warmup_steps=a.warmup_steps, ema_gamma=a.ema_gamma, time_sampler=a.time_sampler,
+                      warmup_steps=a.warmup_steps, ema_gamma=a.ema_gamma, ema=a.ema, ema_kimg=a.ema_kimg,
+                      ema_rampup=a.ema_rampup, time_sampler=a.time_sampler,
                       checkpoint_every=a.checkpoint_every, seed=a.seed, grad_clip=a.grad_clip,
                       weight_decay=a.weight_decay, spectral_weight=a.spectral_weight,
                       snapshot_steps=tuple(a.snapshot_steps))
@@ -274,13 +275,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--spectral", action="store_true", help="also train the SpectrumMLP (GMFlow on images)")
     s.add_argument("--spectral-weight", type=float, default=1.0)
     s.add_argument("--grad-clip", type=float, default=0.0, help="gradient-norm clip; 0 = off")
-    s.add_argument("--weight-decay", type=float, default=0.0)
+    s.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (none on biases and norms)")
     s.add_argument("--data-root", default=None, help="folder of the dataset's files (default: its standard place)")
     s.add_argument("--steps", type=_positive_int, default=6000)
     s.add_argument("--batch-size", type=_positive_int, default=1024)
     s.add_argument("--lr", type=float, default=2e-4)
     s.add_argument("--warmup-steps", type=_nonneg_int, default=500)
-    s.add_argument("--ema-gamma", type=float, default=7.0)
+    s.add_argument("--ema", choices=("power", "rampup"), default="power",
+                   help="EMA: 'power' (beta_n = (1 - 1/n)^(gamma+1)) or 'rampup' (the paper's ImageNet EMA)")
+    s.add_argument("--ema-gamma", type=float, default=7.0, help="power EMA exponent gamma")
+    s.add_argument("--ema-kimg", type=float, default=30000.0, help="ramp-up EMA half-life in thousands of images")
+    s.add_argument("--ema-rampup", type=float, default=0.05,
+                   help="ramp-up EMA: half-life at most this fraction of the images seen")
     s.add_argument("--time-sampler", choices=registry.TIME_SAMPLERS, default="uniform")
     s.add_argument("--checkpoint-every", type=_positive_int, default=1000)
     s.add_argument("--snapshot-steps", type=_positive_int, nargs="*", default=[],
@@ -304,7 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--nfe", type=_positive_int, required=True, help="network-evaluation budget")
     s.add_argument("--num-samples", type=_positive_int, default=50000)
     s.add_argument("--block-size", type=_positive_int, default=10000, help="samples per generator stream")
-    s.add_argument("--substeps", type=_substeps, default="ceil128", help="GM-ODE sub-steps: rule or integer")
+    s.add_argument("--substeps", type=_substeps, default=registry.DEFAULT_SUBSTEPS,
+                   help=f"GM-ODE sub-steps: a rule ({', '.join(registry.SUBSTEP_RULES)}) or an integer")
     s.add_argument("--guidance", choices=registry.GUIDANCE, default="none")
     s.add_argument("--guidance-scale", type=float, default=0.0, help="CFG w, or probabilistic w-tilde in [0, 1)")
     s.add_argument("--orthogonal", type=float, default=1.0, help="orthogonal projection factor (0 = off)")

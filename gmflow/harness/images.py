@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from gmflow.harness import io
+from gmflow.harness import io, registry
 from gmflow.harness.data_images import IMAGE_DATASETS, load_images, load_images_uint8, to_uint8
 from gmflow.harness.dit import build_dit
 from gmflow.harness.metrics_images import (
@@ -127,7 +127,7 @@ def balanced_labels(num_samples: int, num_classes: int) -> torch.Tensor:
 
 
 def sample_images(run_dir, solver: str, nfe: int, num_samples: int, seed: int = 0, block_size: int = 500,
-                  substeps: str | int = "paper-imagenet", guidance: str = "none", scale: float = 0.0,
+                  substeps: str | int = registry.DEFAULT_SUBSTEPS, guidance: str = "none", scale: float = 0.0,
                   orthogonal: float = 1.0, spectral: bool = False, progress: bool = True) -> tuple[dict, dict]:
     """A class-balanced sample set: ``{"images": uint8 (N, C, H, W), "labels": (N,)}`` and its record."""
     from gmflow.harness.sampling import generate

@@ -38,10 +38,65 @@ def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 
 
-def torch_save_atomic(obj, path: str | Path) -> None:
-    tmp = atomic_path(path)
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def _split_tensors(obj, tensors: dict[str, torch.Tensor]):
+    """JSON skeleton of a nested dict/list/tuple of tensors and plain values; tensors go to ``tensors``."""
+    if isinstance(obj, torch.Tensor):
+        key = f"t{len(tensors)}"
+        tensors[key] = obj
+        return {"__tensor__": key}
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) for k in obj):
+            return {"__dict__": {k: _split_tensors(v, tensors) for k, v in obj.items()}}
+        if all(isinstance(k, int) for k in obj):  # optimiser state is keyed by parameter index
+            return {"__intdict__": [[k, _split_tensors(v, tensors)] for k, v in obj.items()]}
+        raise TypeError(f"state dict keys must be all str or all int, got {sorted(map(type, obj), key=str)}")
+    if isinstance(obj, list | tuple):
+        return {"__list__" if isinstance(obj, list) else "__tuple__": [_split_tensors(v, tensors) for v in obj]}
+    if obj is None or isinstance(obj, bool | int | float | str):
+        return obj
+    raise TypeError(f"cannot store a {type(obj).__name__} in a training state (tensors and plain values only)")
+
+
+def _join_tensors(node, tensors: dict[str, torch.Tensor]):
+    if isinstance(node, dict):
+        if "__tensor__" in node:
+            return tensors[node["__tensor__"]]
+        if "__dict__" in node:
+            return {k: _join_tensors(v, tensors) for k, v in node["__dict__"].items()}
+        if "__intdict__" in node:
+            return {int(k): _join_tensors(v, tensors) for k, v in node["__intdict__"]}
+        if "__list__" in node:
+            return [_join_tensors(v, tensors) for v in node["__list__"]]
+        if "__tuple__" in node:
+            return tuple(_join_tensors(v, tensors) for v in node["__tuple__"])
+        raise ValueError(f"unknown node in a training state: {sorted(node)}")
+    return node
+
+
+def save_state(obj: dict, path: str | Path) -> None:
+    """Write a resumable training state (weights, optimiser, schedule, generator, counters) as ONE safetensors file:
+    the tensors as safetensors, everything else as a JSON skeleton in its header. Atomic. No pickle is written, so
+    loading a state can never run code (:func:`load_state`)."""
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = _split_tensors(obj, tensors)
+    save_safetensors(tensors, path, {"format": "gmflow-bench-state-1", "skeleton": json.dumps(skeleton)})
+
+
+def load_state(path: str | Path) -> dict:
+    """Read a state written by :func:`save_state`; a file that is not one is refused with ``ValueError``."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+    except Exception as e:  # safetensors raises its own error types for truncated or foreign files
+        raise ValueError(f"{path} is not a readable training state ({type(e).__name__}: {e}); delete it to train "
+                         "from the start") from None
+    if meta.get("format") != "gmflow-bench-state-1" or "skeleton" not in meta:
+        raise ValueError(f"{path} is not a training state of this project (format {meta.get('format')!r}); delete it "
+                         "to train from the start")
+    return _join_tensors(json.loads(meta["skeleton"]), tensors)
 
 
 def write_json(obj, path: str | Path) -> None:

@@ -6,7 +6,7 @@ image experiment with its velocity head, class-conditional with label dropout; s
 ``workflow/rules/lfm.smk`` and ``lfm_images.smk``)::
 
     pool_0.npz            the training sample (``prepare-data`` in 2D, ``lfm-image-pool`` for images, with labels)
-    block_{n}/            block n, trained on pool_{n-1} (ema.safetensors, run.json, resumable state.pt)
+    block_{n}/            block n, trained on pool_{n-1} (ema.safetensors, run.json, resumable state.safetensors)
     pool_{n}.npz          pool_{n-1} pushed through block n (pool_n = T_n(...T_1(pool_0))), labels carried along
     student_{n}/          one-step student of block n (teacher pairs: pool_n -> pool_{n-1})
     student_{n}-{m}/      one-step student of blocks n..m together (teacher pairs: pool_m -> pool_{n-1})
@@ -202,12 +202,14 @@ def block_h(block: int, num_blocks: int, c: float, rho: float) -> float | None:
 
 
 def _resume_or_restart(out: Path, fingerprint: dict, restart: bool) -> str:
-    """Keep ``out/state.pt`` only if it was trained from the same inputs and settings (all but the step count).
+    """Keep ``out/state.safetensors`` only if it was trained from the same inputs and settings (all but the step count).
 
     A job restarted after a crash resumes; a block whose pool, warm start or settings changed (an upstream block was
     retrained, say) starts again, so a stale state is never continued. Returns what was done, for the log.
     """
-    state, record = out / "state.pt", out / "inputs.json"
+    from gmflow.harness.train import STATE_FILE
+
+    state, record = out / STATE_FILE, out / "inputs.json"
     previous = json.loads(record.read_text()) if record.exists() else None
     action = "fresh"
     if state.exists():

@@ -11,6 +11,7 @@ from baselines.samplers import FLOW_SOLVERS as _OWN_FLOW_SOLVERS
 from gmflow.harness.data_images import IMAGE_DATASETS as _IMAGE_DATASETS
 from gmflow.harness.dit import DIT_VARIANTS
 from gmflow.harness.features import FEATURE_EXTRACTORS as _IMAGE_FEATURE_EXTRACTORS
+from gmflow.schedule import ceil128_substeps, paper_substeps
 from gmflow.solvers import GM_SOLVERS
 
 METHODS = ("gmflow", "fm")
@@ -60,12 +61,14 @@ def steps_for_nfe(solver: str, nfe: int) -> int:
     return max(1, (nfe + per - 1) // per) if per == 1 else max(1, (nfe + 1) // per)
 
 
-def substeps_for_nfe(nfe: int, rule: str | int = "ceil128") -> int:
-    """GM-ODE sub-steps per outer step: ``ceil(128 / NFE)`` as in the paper's toy figures, or a fixed integer."""
+SUBSTEP_RULES = {"paper-imagenet": paper_substeps, "ceil128": ceil128_substeps}
+DEFAULT_SUBSTEPS = "paper-imagenet"  # the library's default (gmflow.solvers.sample_gm_ode); configs may override
+
+
+def substeps_for_nfe(nfe: int, rule: str | int = DEFAULT_SUBSTEPS) -> int:
+    """GM-ODE sub-steps per outer step: a named rule of :data:`SUBSTEP_RULES` or a fixed integer."""
     if isinstance(rule, int):
         return rule
-    if rule == "ceil128":
-        return -(-128 // nfe)
-    if rule == "paper-imagenet":  # [P] A.4: max(128/NFE, 2), except 8 at NFE 4 or 6
-        return 8 if nfe in (4, 6) else max(128 // nfe, 2)
-    raise ValueError(f"unknown substep rule {rule!r}; use 'ceil128', 'paper-imagenet' or an integer")
+    if rule not in SUBSTEP_RULES:
+        raise ValueError(f"unknown substep rule {rule!r}; use one of {sorted(SUBSTEP_RULES)} or an integer")
+    return SUBSTEP_RULES[rule](nfe)

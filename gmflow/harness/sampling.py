@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from baselines.samplers import cfg_velocity, velocity_to_x0
+from baselines.samplers import cfg_velocity
 from gmflow.gm import GaussianMixture
 from gmflow.guidance import guided_gm_prediction
 from gmflow.harness import registry
@@ -67,9 +67,7 @@ class CountingModel:
             cond = GaussianMixture(out.means[:b], out.logweights[:b], out.logstds[:b])
             uncond = GaussianMixture(out.means[b:], out.logweights[b:], out.logstds[b:])
             return guided_gm_prediction(cond, uncond, x_t, sigma, self.guidance, self.scale, self.orthogonal)
-        v_c, v_u = out[:b].float(), out[b:].float()
-        s = sigma.view(-1, *([1] * (x_t.dim() - 1)))
-        return cfg_velocity(v_c, v_u, self.scale, velocity_to_x0(x_t, v_c, s), self.orthogonal)
+        return cfg_velocity(out[:b].float(), out[b:].float(), self.scale, self.orthogonal)
 
 
 def block_generator(seed: int, block: int) -> torch.Generator:
@@ -80,8 +78,8 @@ def block_generator(seed: int, block: int) -> torch.Generator:
 
 @torch.no_grad()
 def generate(net: nn.Module, method: str, solver: str, nfe: int, num_samples: int, sample_shape: tuple[int, ...],
-             seed: int = 0, block_size: int = 10000, substeps: str | int = "ceil128", guidance: str = "none",
-             scale: float = 0.0, orthogonal: float = 1.0, labels: Tensor | None = None,
+             seed: int = 0, block_size: int = 10000, substeps: str | int = registry.DEFAULT_SUBSTEPS,
+             guidance: str = "none", scale: float = 0.0, orthogonal: float = 1.0, labels: Tensor | None = None,
              null_label: int | None = None, progress: bool = True,
              spectrum_net: nn.Module | None = None) -> tuple[np.ndarray, dict]:
     """Draw ``num_samples`` with ``solver`` at an NFE budget ``nfe``.

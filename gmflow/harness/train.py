@@ -19,6 +19,8 @@ from gmflow.harness import io
 from gmflow.loss import sample_transition_pair, transition_loss
 from gmflow.schedule import shift_sigma, sigma_to_timestep
 
+STATE_FILE = "state.safetensors"  # resumable training state (safetensors + JSON header; never a pickle)
+
 
 @dataclass
 class TrainConfig:
@@ -34,6 +36,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 500
     ema_gamma: float = 7.0
+    ema: str = "power"
+    ema_kimg: float = 30000.0
+    ema_rampup: float = 0.05
     time_sampler: str = "uniform"
     time_shift: float = 1.0
     checkpoint_every: int = 1000
@@ -56,6 +61,8 @@ class TrainConfig:
             raise ValueError(f"trans_ratio must be in (0, 1], got {self.trans_ratio}")
         if not 0 <= self.label_dropout < 1:
             raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
+        if self.ema not in EMA_KINDS:
+            raise ValueError(f"ema must be one of {EMA_KINDS}, got {self.ema!r}")
 
 
 def sample_sigma(n: int, kind: str, shift: float, generator: torch.Generator) -> Tensor:
@@ -69,9 +76,36 @@ def sample_sigma(n: int, kind: str, shift: float, generator: torch.Generator) ->
     return shift_sigma(s, shift).clamp(min=1e-4, max=1.0)
 
 
+EMA_KINDS = ("power", "rampup")
+
+
 def karras_ema_beta(step: int, gamma: float) -> float:
-    """Power-function EMA ``beta_n = (1 - 1/n)^(gamma + 1)`` (SPEC Sec. 2.5; Karras et al. 2024)."""
+    """Power-function EMA ``beta_n = (1 - 1/n)^(gamma + 1)`` (Karras et al. 2024; the paper's 2D recipe, gamma 7)."""
     return (1 - 1 / step) ** (gamma + 1) if step > 1 else 0.0
+
+
+def rampup_ema_beta(step: int, batch_size: int, ema_kimg: float = 30000.0, rampup: float = 0.05) -> float:
+    """Ramp-up EMA of StyleGAN2-ADA, the paper's ImageNet recipe (ema_kimg 30000, ramp-up 0.05, batch 4096).
+
+    After ``step`` steps of ``batch_size`` images the half-life is ``min(1000 ema_kimg, rampup step batch_size)``
+    images and ``beta = 0.5^(batch_size / half-life)``: a short average early in training, then a fixed half-life.
+    """
+    ema_nimg = min(ema_kimg * 1000, rampup * step * batch_size)
+    return 0.5 ** (batch_size / max(ema_nimg, 1e-8))
+
+
+def decay_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW parameter groups: ``weight_decay`` on weights, none on biases and normalisation parameters.
+
+    The paper's recipe sets the decay of every parameter named ``bias`` to zero; its DiT has no affine normalisation
+    layers, and the parameters of any that a network here has (LayerNorm, GroupNorm, BatchNorm) are exempt as well.
+    """
+    norm_types = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm, nn.RMSNorm)
+    no_decay = {id(p) for m in model.modules() if isinstance(m, norm_types) for p in m.parameters(recurse=False)}
+    decay, exempt = [], []
+    for name, p in model.named_parameters():
+        (exempt if name.endswith("bias") or id(p) in no_decay else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": exempt, "weight_decay": 0.0}]
 
 
 def drop_labels(y: Tensor, p: float, null_label: int, generator: torch.Generator) -> Tensor:
@@ -125,6 +159,16 @@ class LoopSettings:
     ema_gamma: float
     grad_clip: float
     checkpoint_every: int
+    ema: str = "power"
+    ema_kimg: float = 30000.0
+    ema_rampup: float = 0.05
+    batch_size: int = 1
+
+    def ema_beta(self, step: int) -> float:
+        """The EMA decay after ``step`` steps: power function of ``ema_gamma`` or ramp-up over images seen."""
+        if self.ema == "rampup":
+            return rampup_ema_beta(step, self.batch_size, self.ema_kimg, self.ema_rampup)
+        return karras_ema_beta(step, self.ema_gamma)
 
 
 @dataclass
@@ -152,25 +196,30 @@ def optimise(
     at_step: Callable[[int, nn.Module, float], None] | None = None,
     what: str = "",
 ) -> LoopResult:
-    """The optimisation loop shared by every trainer: AdamW with a linear warm-up from 0.001x, gradient-norm clipping,
-    a power-function EMA, a progress bar, ``train_log.csv`` and a resumable ``out_dir/state.pt``.
+    """The optimisation loop shared by every trainer: AdamW (no decay on biases and norms) with a linear warm-up from
+    0.001x, gradient-norm clipping, an EMA (power-function or ramp-up), a progress bar, ``train_log.csv`` and a
+    resumable ``out_dir/state.safetensors``.
 
     ``step_loss()`` draws one batch from ``gen`` and returns the scalar loss of ``model``. ``at_step(step, ema,
     seconds)`` runs after each step's EMA update (snapshots).
 
-    Resuming: ``state.pt`` (atomic, every ``checkpoint_every`` steps and at the end) holds the weights, EMA, optimiser,
-    schedule and ``gen``'s state, and ``identity`` (the settings that must not change). A killed run started again, or a
-    finished one called again with more steps, continues to the weights of one uninterrupted run. A state of another
-    identity raises (``on_other_run="raise"``) or is discarded with a notice (``"restart"``).
+    Resuming: ``state.safetensors`` (atomic, no pickle, every ``checkpoint_every`` steps and at the end) holds the
+    weights, EMA, optimiser, schedule and ``gen``'s state, and ``identity`` (the settings that must not change). A
+    killed run started again, or a finished one called again with more steps, continues to the weights of one
+    uninterrupted run. A state of another identity raises (``on_other_run="raise"``) or is discarded with a notice
+    (``"restart"``).
     """
     ema = copy.deepcopy(model).requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    opt = torch.optim.AdamW(decay_param_groups(model, settings.weight_decay), lr=settings.lr)
     warm = max(settings.warmup_steps, 1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, 0.001 + (1 - 0.001) * i / warm))
     start, elapsed, loss_value = 0, 0.0, float("nan")
-    state_path, log_path = out_dir / "state.pt", out_dir / "train_log.csv"
+    state_path, log_path = out_dir / STATE_FILE, out_dir / "train_log.csv"
+    if (out_dir / "state.pt").exists():
+        print(f"{out_dir / 'state.pt'} is a pickle from an older version and is never loaded (a pickle can run code); "
+              f"resuming needs {STATE_FILE}", flush=True)
     if state_path.exists():
-        state = torch.load(state_path, weights_only=False)
+        state = io.load_state(state_path)
         if identity is not None and state.get("identity") != identity:
             if on_other_run != "restart":
                 raise ValueError(f"{state_path} belongs to another run ({state.get('identity')}), not {identity}; "
@@ -190,7 +239,7 @@ def optimise(
             start, elapsed, loss_value = state["step"], state["elapsed"], state.get("loss", float("nan"))
 
     def checkpoint(step: int, seconds: float) -> None:
-        io.torch_save_atomic({"net": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+        io.save_state({"net": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
                               "sched": sched.state_dict(), "gen": gen.get_state(), "step": step,
                               "elapsed": seconds, "loss": loss_value, "identity": identity}, state_path)
 
@@ -208,7 +257,7 @@ def optimise(
             torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
         opt.step()
         sched.step()
-        beta = karras_ema_beta(step + 1, settings.ema_gamma)
+        beta = settings.ema_beta(step + 1)
         with torch.no_grad():
             for pe, p in zip(ema.parameters(), model.parameters(), strict=True):
                 pe.lerp_(p, 1 - beta)
@@ -276,7 +325,7 @@ def train(
             io.save_safetensors(ema_bundle.spectrum.state_dict(), snap / "spectrum_ema.safetensors", meta)
 
     settings = LoopSettings(cfg.steps, cfg.lr, cfg.weight_decay, cfg.warmup_steps, cfg.ema_gamma, cfg.grad_clip,
-                            cfg.checkpoint_every)
+                            cfg.checkpoint_every, cfg.ema, cfg.ema_kimg, cfg.ema_rampup, cfg.batch_size)
     identity = {k: v for k, v in asdict(cfg).items() if k not in ("steps", "checkpoint_every", "snapshot_steps")}
     res = optimise(bundle, step_loss, settings, gen, out_dir, desc=f"train {cfg.method}", progress=progress,
                    identity=identity, on_other_run="restart", at_step=snapshot)

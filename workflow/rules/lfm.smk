@@ -2,7 +2,7 @@
 # pool (warm-started from the block before) and its pool is pushed through it by dopri5. The cached outputs make a
 # chain resume at the block where it stopped, and one block can be rerun alone (with what depends on it):
 #   {RES}/lfm/{dataset}/pool_0.npz             exact training sample
-#   {RES}/lfm/{dataset}/block_{n}/             block n trained on pool_{n-1}: ema.safetensors, run.json (state.pt)
+#   {RES}/lfm/{dataset}/block_{n}/             block n trained on pool_{n-1}: ema.safetensors, run.json (state.safetensors)
 #   {RES}/lfm/{dataset}/pool_{n}.npz (+ .json) pool_{n-1} pushed through block n (counted NFE, seconds)
 #   {RES}/lfm/{dataset}/student_{n}/           one-step student of block n (teacher pairs pool_n -> pool_{n-1})
 #   {RES}/lfm/{dataset}/samples|metrics/{solver}_{setting}_seed{seed}.npz|.csv, setting nfe{per block} or tol{tol}
@@ -94,7 +94,7 @@ rule lfm_pool:
 
 
 rule lfm_train_block:
-    # resumable from block_{n}/state.pt (kept across job restarts; dropped when the pool, the warm start or a
+    # resumable from block_{n}/state.safetensors (kept across job restarts; dropped when the pool, the warm start or a
     # setting other than the step count changed)
     input:
         pool=lambda w: f"{RES}/lfm/{w.dataset}/pool_{int(w.n) - 1}.npz",

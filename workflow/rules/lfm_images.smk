@@ -126,7 +126,7 @@ rule lfmi_pool:
 
 
 rule lfmi_train_block:
-    # resumable (block_{n}/state.pt); restarts when its pool, warm start or settings changed
+    # resumable (block_{n}/state.safetensors); restarts when its pool, warm start or settings changed
     input:
         pool=lambda w: f"{lfmi_dir(w)}/pool_{int(w.n) - 1}.npz",
         init=lambda w: [f"{lfmi_dir(w)}/block_{int(w.n) - 1}/ema.safetensors"] if int(w.n) > 1 else [],

@@ -1,4 +1,4 @@
-# Training: one job per (dataset, run); resumable from results/2d/{dataset}/{run}/state.pt.
+# Training: one job per (dataset, run); resumable from results/2d/{dataset}/{run}/state.safetensors.
 
 
 rule train_2d:
@@ -66,7 +66,8 @@ rule train_images:
         "{CLI} train --dataset {wildcards.dataset} --method {params.method} --num-components {params.K}"
         " --trans-ratio {params.trans_ratio} --network {params.t[network]} {params.dit} --steps {params.t[steps]}"
         " --batch-size {params.t[batch_size]} --lr {params.t[lr]} --weight-decay {params.t[weight_decay]}"
-        " --warmup-steps {params.t[warmup_steps]} --grad-clip {params.t[grad_clip]} --ema-gamma {params.t[ema_gamma]}"
+        " --warmup-steps {params.t[warmup_steps]} --grad-clip {params.t[grad_clip]} --ema {params.t[ema]}"
+        " --ema-gamma {params.t[ema_gamma]} --ema-kimg {params.t[ema_kimg]} --ema-rampup {params.t[ema_rampup]}"
         " --weight-scale {params.t[weight_scale]} --time-sampler {params.t[time_sampler]}"
         " --label-dropout {params.t[label_dropout]} {params.spectral} {params.root}"
         " --checkpoint-every {params.t[checkpoint_every]} {params.snapshots} --seed {params.t[seed]} --threads {threads}"
