@@ -1,4 +1,4 @@
-"""Multistep samplers driven by diffusers schedulers on the flow schedule (SPEC Part C).
+"""Multistep samplers driven by diffusers schedulers on the flow schedule (docs/method.md, Sec. 6.4).
 
 Same signature as :mod:`baselines.samplers`: ``sample(model_fn, x_init, sigmas, *, generator=None) -> x0`` with
 ``model_fn(x_t (B, ...), sigma (B,)) -> v``, ``v`` an estimate of ``E[eps - x0 | x_t]`` on the path
@@ -73,8 +73,8 @@ def flow_to_vp(sigma: Tensor) -> tuple[Tensor, Tensor]:
 
     With ``alpha = 1 - sigma`` and ``scale = sqrt(alpha^2 + sigma^2)``, the flow state ``x_t = alpha x0 + sigma eps``
     rescales to ``x_vp = x_t / scale = sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) eps`` with
-    ``alpha_bar = alpha^2 / scale^2 = 1 / (1 + sigma_VE^2)``, ``sigma_VE = sigma / alpha`` (the rescaling that SPEC
-    Part C gives for running VP/VE schedulers on the flow path). Both outputs are finite on [0, 1]: ``sigma = 1``
+    ``alpha_bar = alpha^2 / scale^2 = 1 / (1 + sigma_VE^2)``, ``sigma_VE = sigma / alpha`` (the rescaling with which
+    the paper runs VP/VE schedulers on the flow path). Both outputs are finite on [0, 1]: ``sigma = 1``
     gives ``alpha_bar = 0``, ``scale = 1`` (where ``sigma_VE`` is infinite); ``sigma = 0`` gives ``alpha_bar = 1``,
     ``scale = 1``.
 

@@ -1,4 +1,4 @@
-"""L2 flow-matching (velocity) loss (SPEC Part C; Lipman et al. 2023, Liu et al. 2023)."""
+"""L2 flow-matching (velocity) loss (docs/method.md, Sec. 6.1; Lipman et al. 2023, Liu et al. 2023)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Local Flow Matching (LFM; Xu, Cheng and Xie, ICLR 2025): sub-flows trained one after another (SPEC Part B).
+"""Local Flow Matching (LFM; Xu, Cheng and Xie, ICLR 2025): sub-flows trained one after another
+(docs/method.md, Sec. 7).
 
 The forward process is the Ornstein-Uhlenbeck (OU) process ``dX = -X dt + sqrt(2) dW``. The data is carried to
 ``N(0, I)`` by ``N`` sub-flows ``T_1..T_N``: block ``n < N`` is a flow-matching model between the pool ``x0`` (the data
@@ -48,7 +49,7 @@ SOLVERS = ("euler", "heun", "dopri5")
 
 
 def ou_step(x0: Tensor, h: float | Tensor, eps: Tensor) -> Tensor:
-    """One exact step of length ``h`` of the OU process ``dX = -X dt + sqrt(2) dW`` (SPEC B.1).
+    """One exact step of length ``h`` of the OU process ``dX = -X dt + sqrt(2) dW`` (docs/method.md, Sec. 7.1).
 
     ``X_h = e^{-h} x0 + sqrt(1 - e^{-2h}) eps``, so ``X_h | x0 ~ N(e^{-h} x0, (1 - e^{-2h}) I)``.
 
@@ -65,7 +66,8 @@ def ou_step(x0: Tensor, h: float | Tensor, eps: Tensor) -> Tensor:
 
 
 def step_sizes(c: float, rho: float, num_blocks: int) -> tuple[float, ...]:
-    """Exponential OU step schedule ``h_n = c rho^{n-1}``, ``n = 1..N-1`` (SPEC B.1; 2D: c = 0.025, rho = 1.25, N = 9).
+    """Exponential OU step schedule ``h_n = c rho^{n-1}``, ``n = 1..N-1`` (docs/method.md, Sec. 7.1;
+    2D: c = 0.025, rho = 1.25, N = 9).
 
     Block ``N`` is the free block (to ``N(0, I)``) and has no step size.
 
@@ -109,7 +111,7 @@ def _trig(t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 
 
 INTERPOLANTS: dict[str, Callable[[Tensor], tuple[Tensor, Tensor, Tensor, Tensor]]] = {"linear": _linear, "trig": _trig}
-"""``kind -> t -> (a_t, b_t, da/dt, db/dt)`` with ``I_t = a_t x0 + b_t x1`` (SPEC B.1)."""
+"""``kind -> t -> (a_t, b_t, da/dt, db/dt)`` with ``I_t = a_t x0 + b_t x1`` (docs/method.md, Sec. 7.3)."""
 
 
 def interpolant(kind: str, x0: Tensor, x1: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
@@ -133,7 +135,7 @@ def interpolant(kind: str, x0: Tensor, x1: Tensor, t: Tensor) -> tuple[Tensor, T
 
 
 def lfm_pair(x0: Tensor, t: Tensor, kind: str, h: float | None, eps: Tensor) -> tuple[Tensor, Tensor]:
-    """Training input and target of one block (SPEC B.1).
+    """Training input and target of one block (docs/method.md, Sec. 7.2-7.3).
 
     The right endpoint is ``x1 = ou_step(x0, h, eps)`` for an OU block, or ``x1 = eps`` (independent of ``x0``) for
     the free block (``h = None``); then ``(I_t, dI_t/dt) = interpolant(kind, x0, x1, t)``.
@@ -155,7 +157,7 @@ def lfm_pair(x0: Tensor, t: Tensor, kind: str, h: float | None, eps: Tensor) -> 
 
 
 def lfm_loss(v_pred: Tensor, target: Tensor) -> Tensor:
-    """Per-sample mean squared error ``mean_{C,*S} (v_pred - target)^2`` (SPEC B.1).
+    """Per-sample mean squared error ``mean_{C,*S} (v_pred - target)^2`` (docs/method.md, Sec. 7.3).
 
     A mean over channels too, as in the LFM code; :func:`baselines.fm.fm_loss` sums channels (a factor ``C``).
 
@@ -288,7 +290,8 @@ def _per_block(value, n: int, name: str) -> list:
 def sample_chain(blocks: Sequence[VelocityFn], z: Tensor, solver: str = "heun",
                  nfe_per_block: int | Sequence[int | None] | None = None, *, rtol: float = 1e-5,
                  atol: float = 1e-5) -> ChainOutput:
-    """Generate: run blocks ``N, ..., 1`` (``blocks = [v_1, ..., v_N]``), each from ``t = 1`` to ``t = 0`` (SPEC B.1).
+    """Generate: run blocks ``N, ..., 1`` (``blocks = [v_1, ..., v_N]``), each from ``t = 1`` to ``t = 0``
+    (docs/method.md, Sec. 7.4).
 
     Args:
         blocks: the block velocities in training order.
@@ -310,7 +313,8 @@ def sample_chain(blocks: Sequence[VelocityFn], z: Tensor, solver: str = "heun",
 
 def push_pool(block: VelocityFn, x: Tensor, solver: str = "dopri5", nfe: int | None = None, *, rtol: float = 1e-5,
               atol: float = 1e-5) -> tuple[Tensor, int]:
-    """Next pool: push block ``n``'s pool from its data side to its noisy side (``t: 0 -> 1``, SPEC B.1).
+    """Next pool: push block ``n``'s pool from its data side to its noisy side (``t: 0 -> 1``,
+    docs/method.md, Sec. 7.2).
 
     Returns:
         ``(B, C, *S)`` pushed samples and the counted evaluations. (dopri5 adapts its steps to the whole batch, so the
@@ -356,7 +360,7 @@ def standard_normal_logpdf(z: Tensor) -> Tensor:
 
 def log_likelihood(blocks: Sequence[VelocityFn], x: Tensor, num_steps: int = 100, method: str = "rk4", *,
                    rtol: float = 1e-5, atol: float = 1e-5) -> Tensor:
-    """Exact model log-density of data points by the instantaneous change of variables (SPEC B.1).
+    """Exact model log-density of data points by the instantaneous change of variables (docs/method.md, Sec. 7.5).
 
     Along ``dx/dt = v(x, t)`` the density obeys ``d log p_t(x_t)/dt = -div v(x_t, t)``. Pushing ``x`` forward through
     blocks ``1..N`` (each ``t: 0 -> 1``) to ``z`` gives

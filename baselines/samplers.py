@@ -1,4 +1,4 @@
-"""Classic samplers of a velocity model on the flow path (SPEC Part C).
+"""Classic samplers of a velocity model on the flow path (docs/method.md, Sec. 6.2-6.3).
 
 All share ``sample(model_fn, x_init, sigmas, *, generator=None) -> x0`` with ``model_fn(x_t, sigma (B,)) -> v``,
 ``v`` an estimate of ``E[eps - x0 | x_t]``; ``sigmas`` decreases from 1 to 0. Heun calls the model twice per step

@@ -1,6 +1,6 @@
 """Gaussian mixtures with one shared isotropic variance, and their algebra.
 
-Shapes (SPEC Part A, Sec. 0). A sample tensor is ``(B, C, *S)`` where ``S`` is the spatial shape (``(H, W)`` for
+Shapes (docs/method.md, Sec. 1.3). A sample tensor is ``(B, C, *S)`` where ``S`` is the spatial shape (``(H, W)`` for
 images, empty for 2D points). A mixture over such tensors stores
 
 - ``means``      ``(B, K, C, *S)``
@@ -107,7 +107,7 @@ class GaussianMixture:
         return (self.weights() * self.means).sum(1)
 
     def iso_gaussian(self) -> IsoGaussian:
-        """Moment-matched isotropic Gaussian per pixel (SPEC Sec. 0; Appendix A.1 of the paper).
+        """Moment-matched isotropic Gaussian per pixel (docs/method.md, Sec. 1.5; Appendix A.1 of the paper).
 
         ``m_p = sum_k A_k mu_k``, ``v_p = (1/C) sum_k A_k ||mu_k - m_p||^2 + s^2`` (one scalar per pixel).
 
@@ -144,7 +144,7 @@ class GaussianMixture:
 
 
 def u_to_x0(gm_u: GaussianMixture, x_t: Tensor, sigma: Tensor) -> GaussianMixture:
-    """Convert a velocity GM to the x0-space GM through ``x0 = x_t - sigma u`` (SPEC Sec. 0).
+    """Convert a velocity GM to the x0-space GM through ``x0 = x_t - sigma u`` (docs/method.md, Sec. 1.4).
 
     ``mu^x_k = x_t - sigma mu_k``, ``log s_x = log s + log max(sigma, 1e-6)``; weights unchanged.
 
@@ -160,7 +160,8 @@ def u_to_x0(gm_u: GaussianMixture, x_t: Tensor, sigma: Tensor) -> GaussianMixtur
 
 
 def gaussian_ratio(g_num: IsoGaussian, g_den: IsoGaussian) -> IsoGaussian:
-    """Ratio of two isotropic Gaussians ``N(m1, v1) / N(m2, v2)`` (conflation with powers (1, -1), SPEC Sec. 3.3/4).
+    """Ratio of two isotropic Gaussians ``N(m1, v1) / N(m2, v2)`` (conflation with powers (1, -1),
+    docs/method.md, Sec. 1.6).
 
     ``v_r = v1 v2 / (v2 - v1)``, ``m_r = (v2 m1 - v1 m2) / (v2 - v1)``, the denominator floored at 1e-6. Valid when
     ``v1 < v2`` (the ratio is then an unnormalised Gaussian).
@@ -172,7 +173,7 @@ def gaussian_ratio(g_num: IsoGaussian, g_den: IsoGaussian) -> IsoGaussian:
 
 
 def gm_mul_gaussian(gm: GaussianMixture, g: IsoGaussian) -> GaussianMixture:
-    """Renormalised product of a GM with an isotropic Gaussian (Appendix D.2 of the paper; SPEC Sec. 3.3).
+    """Renormalised product of a GM with an isotropic Gaussian (Appendix D.2 of the paper; docs/method.md, Sec. 1.6).
 
     Per component, with shared variance ``s^2`` and Gaussian ``N(m_r, v_r)``:
     mean ``(v_r mu_k + s^2 m_r) / (v_r + s^2)``, variance ``s^2 v_r / (s^2 + v_r)``,
@@ -207,7 +208,8 @@ def _x0_likelihood_ratio(x_src: Tensor, sigma_src: Tensor, x_tgt: Tensor, sigma_
 def gm_recondition(
     gm_src: GaussianMixture, x_src: Tensor, sigma_src: Tensor, x_tgt: Tensor, sigma_tgt: Tensor
 ) -> GaussianMixture:
-    """Re-condition an x0-space GM from ``(x_src, sigma_src)`` to ``(x_tgt, sigma_tgt)`` (SPEC Sec. 3.5; Eq. 11).
+    """Re-condition an x0-space GM from ``(x_src, sigma_src)`` to ``(x_tgt, sigma_tgt)``
+    (docs/method.md, Sec. 4.4; Eq. 11).
 
     ``q(x0 | x_tgt) ∝ q(x0 | x_src) N(x_tgt; a_tgt x0, s_tgt^2) / N(x_src; a_src x0, s_src^2)``. The likelihood ratio is
     a Gaussian in x0 with precision ``zeta = (a_tgt/s_tgt)^2 - (a_src/s_src)^2`` and natural mean

@@ -1,4 +1,5 @@
-"""Probabilistic guidance and vanilla CFG on x0-space GMs (SPEC Sec. 3.3; Sec. 3.3 of Chen et al. 2025)."""
+"""Probabilistic guidance and vanilla CFG on x0-space GMs (docs/method.md, Sec. 4.6-4.7;
+Sec. 3.3 of Chen et al. 2025)."""
 
 from __future__ import annotations
 
@@ -63,7 +64,7 @@ def orthogonal_projection(delta: Tensor, axis: Tensor, orthogonal: float = 1.0) 
 def probabilistic_guidance(
     gm_cond: GaussianMixture, mean_uncond: Tensor, scale: float, orthogonal: float = 1.0
 ) -> GMPrediction:
-    """Probabilistic guidance (SPEC Sec. 3.3).
+    """Probabilistic guidance (docs/method.md, Sec. 4.6).
 
     With the conditional surrogate ``N(m_c, v_c)`` (variance averaged over pixels) and ``Delta = m_c - m_u``
     (orthogonally projected against ``m_c``), the bias is ``b = w~ sqrt(v_c / mean(Delta^2)) Delta`` so that

@@ -1,4 +1,4 @@
-"""GMFlow training losses: the transition loss (SPEC Sec. 2.2; Sec. 3.4 of Chen et al. 2025)."""
+"""GMFlow training losses: the transition loss (docs/method.md, Sec. 3.2-3.4; Sec. 3.4 of Chen et al. 2025)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,8 @@ def sample_transition_pair(
 
     ``sigma_low = clamp(min(sigma_high (1 - lambda), sigma_high - 1e-7), min=0)`` (the reference code's 1e-4 in
     timestep units), ``x_low = (1 - sigma_low) x0 + sigma_low eps0`` and ``x_high`` from the forward transition with
-    fresh noise ``eps1``. Sampling ``x_high`` independently of ``x_low`` would break the loss (SPEC Sec. 8.3).
+    fresh noise ``eps1``. Sampling ``x_high`` independently of ``x_low`` would break the loss
+    (docs/method.md, Sec. 3.2).
 
     Args:
         x0: data ``(B, C, *S)``.
@@ -46,7 +47,7 @@ def sample_transition_pair(
 
 
 def transition_gm(gm_u: GaussianMixture, x_high: Tensor, sigma_high: Tensor, sigma_low: Tensor) -> GaussianMixture:
-    """The predicted transition ``q(x_low | x_high)`` as a GM (SPEC Sec. 2.2).
+    """The predicted transition ``q(x_low | x_high)`` as a GM (docs/method.md, Sec. 3.3).
 
     Components ``N(c1 x_h + c2 (x_h - sigma_h mu_k), v I)`` with ``v = (c2 sigma_h s)^2 + c3``, computed as
     ``log sqrt(v) = logaddexp(2 (log s + log max(sigma_h c2, 1e-6)), log max(c3, 1e-6)) / 2``.
@@ -64,7 +65,7 @@ def transition_gm(gm_u: GaussianMixture, x_high: Tensor, sigma_high: Tensor, sig
 
 
 def gm_nll(gm: GaussianMixture, x: Tensor, max_inv_std: float = 1e4, include_constant: bool = False) -> Tensor:
-    """Per-sample NLL of ``x (B, C, *S)``: channels summed, pixels averaged (SPEC Sec. 2.2).
+    """Per-sample NLL of ``x (B, C, *S)``: channels summed, pixels averaged (docs/method.md, Sec. 3.4).
 
     ``l_p = -logsumexp_k [log A_k - ||x_p - mu_k||^2 / (2 s^2) - C log s]`` with ``1/s`` capped at ``max_inv_std``.
     The ``(C/2) log 2 pi`` term is left out unless ``include_constant``.
@@ -84,7 +85,7 @@ def gm_nll(gm: GaussianMixture, x: Tensor, max_inv_std: float = 1e4, include_con
 
 
 def transition_loss(gm_u: GaussianMixture, pair: TransitionPair) -> Tensor:
-    """GMFlow transition loss per sample: NLL of ``x_low`` under the predicted transition GM (SPEC Sec. 2.2).
+    """GMFlow transition loss per sample: NLL of ``x_low`` under the predicted transition GM (Sec. 3.4 of the paper).
 
     ``lambda = 1`` gives the x0-NLL, which is the velocity NLL of Eq. 6 up to a constant; with ``K = 1`` and ``s = 1``
     that is the L2 flow-matching loss up to a constant and a per-sample weight.

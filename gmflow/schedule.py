@@ -1,7 +1,7 @@
 """The one time convention of the project, and the functions that convert to it.
 
 ``sigma = 1`` is pure noise and ``sigma = 0`` is data; ``alpha = 1 - sigma``; ``x_t = alpha x0 + sigma eps``;
-the random velocity is ``u = eps - x0`` so that ``x0 = x_t - sigma u`` (SPEC Part A, Sec. 0). Networks receive the
+the random velocity is ``u = eps - x0`` so that ``x0 = x_t - sigma u`` (docs/method.md, Sec. 1). Networks receive the
 continuous timestep ``t = NUM_TIMESTEPS * sigma``. Anything that uses another convention is converted at the edge.
 """
 
@@ -21,12 +21,12 @@ def sigma_to_timestep(sigma: Tensor) -> Tensor:
 
 
 def shift_sigma(sigma: Tensor, shift: float = 1.0) -> Tensor:
-    """Time shift ``S sigma / (1 + (S - 1) sigma)`` (SPEC Sec. 2.1); identity for ``S = 1``."""
+    """Time shift ``S sigma / (1 + (S - 1) sigma)`` (docs/method.md, Sec. 3.1); identity for ``S = 1``."""
     return shift * sigma / (1 + (shift - 1) * sigma)
 
 
 def sigma_grid(num_steps: int, shift: float = 1.0, device=None) -> Tensor:
-    """Sampling grid ``sigma_i = 1 - i/M`` for ``i = 0..M-1``, shifted, then ``sigma_M = 0`` (SPEC Sec. 3.1).
+    """Sampling grid ``sigma_i = 1 - i/M`` for ``i = 0..M-1``, shifted, then ``sigma_M = 0`` (docs/method.md, Sec. 4.1).
 
     Returns:
         ``(num_steps + 1,)`` float64 tensor, decreasing from 1 to 0.
@@ -39,7 +39,8 @@ def sigma_grid(num_steps: int, shift: float = 1.0, device=None) -> Tensor:
 
 
 def subdivide(sigmas: Tensor, substeps: int) -> Tensor:
-    """Split every interval of a decreasing grid into ``substeps`` equal parts (GM-ODE sub-steps, SPEC Sec. 3.5).
+    """Split every interval of a decreasing grid into ``substeps`` equal parts (GM-ODE sub-steps,
+    docs/method.md, Sec. 4.4).
 
     For the uniform grid this equals ``sigma_grid(nfe * substeps)``; outer points sit at indices ``0, n, 2n, ...``.
     """
@@ -77,9 +78,9 @@ def transition_coefficients(sigma: Tensor, sigma_to: Tensor) -> tuple[Tensor, Te
     """Coefficients of the posterior ``q(x_{to} | x_t, x0) = N(c1 x_t + c2 x0, c3 I)`` for ``sigma_to < sigma``.
 
     With ``r = (sigma_to / sigma)(alpha / alpha_to)`` and ``b = 1 - r^2``:
-    ``c1 = (sigma_to/sigma)^2 (alpha/alpha_to)``, ``c2 = b alpha_to``, ``c3 = b sigma_to^2`` (SPEC Sec. 2.2; this is the
-    DDPM posterior of the rectified-flow path). Denominators are floored at 1e-6, so ``sigma = 1`` (alpha = 0) and
-    ``sigma_to = 0`` are safe.
+    ``c1 = (sigma_to/sigma)^2 (alpha/alpha_to)``, ``c2 = b alpha_to``, ``c3 = b sigma_to^2`` (docs/method.md, Sec. 3.3;
+    this is the DDPM posterior of the rectified-flow path). Denominators are floored at 1e-6, so ``sigma = 1``
+    (alpha = 0) and ``sigma_to = 0`` are safe.
     """
     alpha, alpha_to = 1 - sigma, 1 - sigma_to
     ratio_s = sigma_to / sigma.clamp(min=EPS)
@@ -89,7 +90,7 @@ def transition_coefficients(sigma: Tensor, sigma_to: Tensor) -> tuple[Tensor, Te
 
 
 def forward_transition(x_low: Tensor, sigma_low: Tensor, sigma_high: Tensor, eps: Tensor) -> Tensor:
-    """Sample ``x_high`` from ``x_low`` with the forward transition kernel (SPEC Sec. 2.2).
+    """Sample ``x_high`` from ``x_low`` with the forward transition kernel (docs/method.md, Sec. 3.2).
 
     ``x_h = (alpha_h / alpha_l) x_l + sqrt(sigma_h^2 - (alpha_h / alpha_l)^2 sigma_l^2) eps``.
     """

@@ -1,4 +1,4 @@
-"""GM-SDE and GM-ODE solvers, first and second order (SPEC Sec. 3.4-3.6; Sec. 3.2-3.3 of Chen et al. 2025).
+"""GM-SDE and GM-ODE solvers, first and second order (docs/method.md, Sec. 4.3-4.5; Sec. 3.2-3.3 of Chen et al. 2025).
 
 Every sampler has the signature ``sample(model_fn, x_init, sigmas, *, generator=None, **options) -> x0`` where
 ``model_fn(x_t, sigma)`` returns either a velocity-space :class:`GaussianMixture` (unguided) or a
@@ -61,7 +61,7 @@ def second_order_gm(
     ca: float = 0.005,
     cb: float = 1.0,
 ) -> tuple[GaussianMixture, IsoGaussian]:
-    """Second-order GM extrapolation with one combined Gaussian mask (SPEC Sec. 3.6; Eq. 15-16 of the paper).
+    """Second-order GM extrapolation with one combined Gaussian mask (docs/method.md, Sec. 4.5; Eq. 15-16 of the paper).
 
     ``mu-`` is the mean of the previous GM re-conditioned to ``(x_t, sigma)``; ``Delta mu = (mu+ - mu-)(h / 2 h_prev)
     sqrt(max(0, 1 - v (w~^2 cb^2 + ca) / h_prev^2))``; ``B = Delta mu + b`` (guidance bias), rescaled to RMS at most
@@ -123,7 +123,7 @@ def sample_gm_sde(
     ca: float = 0.005,
     cb: float = 1.0,
 ) -> Tensor:
-    """GM-SDE: draw ``x0^ ~ q(x0 | x_t)`` then ``x_{t'} = c1 x_t + c2 x0^ + sqrt(c3) eps`` (SPEC Sec. 3.4).
+    """GM-SDE: draw ``x0^ ~ q(x0 | x_t)`` then ``x_{t'} = c1 x_t + c2 x0^ + sqrt(c3) eps`` (docs/method.md, Sec. 4.3).
 
     Exact when the GM is the true posterior. ``order = 2`` is GM-SDE 2. ``x0_sampler`` replaces the pixel-wise
     GM sampling (e.g. spectral sampling); it receives the GM and its target Gaussian.
@@ -155,7 +155,7 @@ def sample_gm_ode(
     ca: float = 0.005,
     cb: float = 1.0,
 ) -> Tensor:
-    """GM-ODE with analytic sub-steps (SPEC Sec. 3.5; Sec. 3.2 of the paper).
+    """GM-ODE with analytic sub-steps (docs/method.md, Sec. 4.4; Sec. 3.2 of the paper).
 
     Each outer step evaluates the network once; each of its ``substeps`` Euler sub-steps of the flow ODE uses the
     x0 mean of the SAME GM re-conditioned to the current ``(x_j, sigma_j)`` (the first sub-step uses the plain mean).

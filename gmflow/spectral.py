@@ -1,4 +1,4 @@
-"""Spectral sampling and Knothe-Rosenblatt (KR) transport (SPEC Part A, Sec. 1.2, 2.3, 3.4, 5; Appendix A.3 and Fig. 9
+"""Spectral sampling and Knothe-Rosenblatt (KR) transport (docs/method.md, Sec. 2.3, 3.5 and 5; Appendix A.3 and Fig. 9
 of Chen et al. 2025).
 
 Pixel-wise GM sampling draws ``x0^`` independently at every pixel. Spectral sampling restores spatial correlation:
@@ -11,7 +11,7 @@ Pieces, in the order the paper uses them:
 - :class:`SpectrumMLP`: maps two statistics of the Gaussian surrogate to a log power spectrum ``P`` ``(B, C, H, W)``
   whose power ``e^P`` has mean 1 per channel.
 - :func:`sample_spectral_noise`: ``zeta = DHT(eps * e^{P/2})``.
-- :func:`kr_rotation`, :func:`gaussian_to_gm`, :func:`gm_to_gaussian`: the "axis_aligned" KR transport of SPEC Sec. 5.
+- :mod:`gmflow.kr`: the "axis_aligned" KR transport between ``N(0, I)`` and the x0-space GM (docs/method.md Sec. 5).
 - :func:`spectral_loss` and :func:`spectral_training_loss`: the spectral NLL of Eq. 20 (trains only ``SpectrumMLP``).
 - :func:`spectral_x0_sampler`: the ``X0Sampler`` that plugs spectral sampling into GM-SDE.
 
@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gmflow.gm import EPS, GaussianMixture, IsoGaussian, bcast
+from gmflow.kr import gaussian_to_gm, gm_to_gaussian
 from gmflow.solvers import X0Sampler
 
 SQRT2 = math.sqrt(2.0)
@@ -39,7 +40,7 @@ SQRT2 = math.sqrt(2.0)
 
 
 def dht2(x: Tensor) -> Tensor:
-    """2D discrete Hartley transform over the last two dimensions (SPEC Sec. 2.3 and 5; Sec. 8 item 12).
+    """2D discrete Hartley transform over the last two dimensions (docs/method.md, Sec. 5.1).
 
     ``DHT(x) = Re(FFT2_ortho(x)) + Im(FFT2_ortho(x))``, i.e. ``DHT(x)[k] = sum_n x[n] cas(-2 pi <k, n / N>) / sqrt(HW)``
     with ``cas = cos + sin``. The transform is real, symmetric, orthogonal and its own inverse, so
@@ -56,7 +57,8 @@ def dht2(x: Tensor) -> Tensor:
 
 
 def sample_spectral_noise(log_power: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """Draw a spatially correlated standard-normal field ``zeta`` with log power spectrum ``P`` (SPEC Sec. 5, 2-3).
+    """Draw a spatially correlated standard-normal field ``zeta`` with log power spectrum ``P``
+    (docs/method.md, Sec. 5.2).
 
     ``S = eps * exp(P / 2)`` with ``eps ~ N(0, I)`` in the frequency domain, then ``zeta = DHT(S)``. Because the DHT is
     self-inverse, ``E[DHT(zeta)^2] = exp(P)``; with ``mean(exp(P)) = 1`` per channel every pixel of ``zeta`` has unit
@@ -81,10 +83,10 @@ def sample_spectral_noise(log_power: Tensor, generator: torch.Generator | None =
 
 
 def surrogate_stats(gaussian: IsoGaussian) -> Tensor:
-    """The two inputs of :class:`SpectrumMLP` (SPEC Sec. 1.2).
+    """The two inputs of :class:`SpectrumMLP` (docs/method.md, Sec. 2.3).
 
     (i) the mean of the surrogate variance ``v`` over all its entries; (ii) the spatial variance of the surrogate mean
-    ``m`` over ``(H, W)`` with the UNBIASED estimator (``torch.var``, Sec. 8 item 14), averaged over channels.
+    ``m`` over ``(H, W)`` with the UNBIASED estimator (``torch.var``), averaged over channels.
 
     Args:
         gaussian: x0-space isotropic surrogate, mean ``(B, C, H, W)``, var ``(B, 1, H, W)`` or ``(B, 1, 1, 1)``.
@@ -100,7 +102,8 @@ def surrogate_stats(gaussian: IsoGaussian) -> Tensor:
 
 
 def crop_spectrum(spectrum: Tensor, height: int, width: int) -> Tensor:
-    """Map a ``base x base`` log spectrum to the frequencies of a smaller ``height x width`` FFT grid (SPEC Sec. 1.2).
+    """Map a ``base x base`` log spectrum to the frequencies of a smaller ``height x width`` FFT grid
+    (docs/method.md, Sec. 2.3).
 
     In the FFT layout of size ``n``, index ``i < ceil(n/2)`` holds frequency ``i`` and index ``i >= ceil(n/2)`` holds
     ``i - n`` (``torch.fft.fftfreq(n) * n``): the low frequencies sit in the four corners, and frequencies are counted
@@ -108,7 +111,7 @@ def crop_spectrum(spectrum: Tensor, height: int, width: int) -> Tensor:
     ``0 .. ceil(n/2) - 1``) and the ``floor(n/2)`` trailing entries (frequencies ``-floor(n/2) .. -1``), i.e. the
     reference code's corner blocks.
 
-    One choice differs from a plain crop (SPEC leaves it open): for EVEN ``n < base`` the Nyquist entry ``-n/2`` of
+    One choice differs from a plain crop (a choice made here): for EVEN ``n < base`` the Nyquist entry ``-n/2`` of
     the small grid is the same frequency as ``+n/2``, which the base grid stores separately. A plain crop keeps only
     ``-n/2``; then in 2D the Nyquist row pairs ``(-n/2, k)`` with base entry ``(-n/2, -k)`` instead of its mirror
     ``(+n/2, -k)``, and a symmetric base spectrum (``P[k] = P[-k]``, what a stationary real field has) becomes
@@ -139,7 +142,7 @@ def crop_spectrum(spectrum: Tensor, height: int, width: int) -> Tensor:
 
 
 class SpectrumMLP(nn.Module):
-    """Predicts the log power spectrum of ``zeta`` from the Gaussian surrogate (SPEC Sec. 1.2; Appendix A.3).
+    """Predicts the log power spectrum of ``zeta`` from the Gaussian surrogate (docs/method.md, Sec. 2.3; Appendix A.3).
 
     ``Linear(2, 64) SiLU Linear(64, 8) SiLU Linear(8, C * base^2)``, reshaped to ``(C, base, base)`` in the FFT layout.
     Images smaller than ``base`` use the corner blocks of that spectrum (:func:`crop_spectrum`). The output is then
@@ -205,187 +208,12 @@ class SpectrumMLP(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# Knothe-Rosenblatt transport ("axis_aligned" mode)
-# ------------------------------------------------------------------------------------------------------------------
-
-
-def _flat(gm: GaussianMixture) -> tuple[Tensor, Tensor, Tensor]:
-    """GM fields with pixels flattened, in at least float32: means ``(B, K, C, N)``, logweights ``(B, K, N)``,
-    stds ``(B, 1, 1)``."""
-    dtype = torch.promote_types(gm.means.dtype, torch.float32)
-    b, k, c = gm.means.shape[:3]
-    means = gm.means.to(dtype).reshape(b, k, c, -1)  # (B, K, C, N)
-    logweights = gm.logweights.to(dtype).reshape(b, k, -1)  # (B, K, N)
-    stds = torch.exp(gm.logstds.to(dtype)).reshape(gm.logstds.shape[0], 1, 1)  # (B, 1, 1)
-    return means, logweights, stds
-
-
-def kr_rotation(gm: GaussianMixture) -> Tensor:
-    """Shared KR rotation of each sample (SPEC Sec. 5, "Rotation"; Sec. 8 item 13).
-
-    The per-pixel channel covariance ``Sigma_p = sum_k A_k (mu_k - m_p)(mu_k - m_p)^T + s^2 I`` is averaged over pixels
-    to ``Sigma_bar`` (C x C); ``R`` holds its eigenvectors as columns, eigenvalues in DESCENDING order. Rotated
-    coordinates are ``y = R^T x``. Eigenvector signs are not fixed by the SPEC; here each column is flipped so that
-    its largest-magnitude entry is positive, which makes samples reproducible across LAPACK back-ends and makes the
-    ``C = 1`` transport the increasing inverse CDF (``R = [[1]]``). Signs do not change any spectral statistic.
-
-    Args:
-        gm: ``(B, K, C, *S)`` GM.
-
-    Returns:
-        ``R`` ``(B, C, C)`` orthogonal, in at least float32.
-    """
-    means, logweights, stds = _flat(gm)
-    c, n = means.shape[2], means.shape[3]
-    w = torch.softmax(logweights, dim=1).unsqueeze(2)  # (B, K, 1, N)
-    d = means - (w * means).sum(1, keepdim=True)  # (B, K, C, N)
-    cov = torch.einsum("bkcn,bkdn->bcd", w * d, d) / n  # (B, C, C)
-    cov = cov + stds.square() * torch.eye(c, dtype=cov.dtype, device=cov.device)
-    _, eigvecs = torch.linalg.eigh(cov)  # (B, C, C), ascending eigenvalues
-    rot = eigvecs.flip(-1)  # descending eigenvalues
-    pivot = torch.gather(rot, 1, rot.abs().argmax(dim=1, keepdim=True))  # (B, 1, C): largest entry of each column
-    return rot * torch.sign(pivot)
-
-
-def _conditional_logweights(logweights: Tensor, sq_dist: Tensor) -> Tensor:
-    """KR conditional log-weights ``log A_k - sum_{j<d} (y_j - mu~_{k,j})^2 / (2 s^2)``, normalised over k."""
-    return torch.log_softmax(logweights - 0.5 * sq_dist, dim=1)
-
-
-def _gm1d_cdf_pdf(weights: Tensor, means: Tensor, stds: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-    """Scaled CDF ``F~(y) = sum_k w_k erf((y - mu_k) / (sqrt(2) s)) = 2 CDF(y) - 1`` and density of a 1D GM.
-
-    Args:
-        weights, means: ``(B, K, N)``.
-        stds: broadcastable to ``(B, 1, N)``.
-        y: ``(B, N)``.
-
-    Returns:
-        ``(F~(y), pdf(y))``, each ``(B, N)``.
-    """
-    z = (y.unsqueeze(1) - means) / stds  # (B, K, N)
-    cdf = (weights * torch.erf(z / SQRT2)).sum(1)
-    pdf = (weights * torch.exp(-0.5 * z.square()) / (math.sqrt(2 * math.pi) * stds)).sum(1)
-    return cdf, pdf
-
-
-def gm1d_inverse_cdf(
-    weights: Tensor,
-    means: Tensor,
-    stds: Tensor,
-    zeta: Tensor,
-    num_steps: int = 16,
-    max_step: float = 1.5,
-    pdf_floor: float = EPS,
-) -> Tensor:
-    """Solve ``CDF(y) = Phi(zeta)`` for a 1D GM per pixel by clamped Newton (SPEC Sec. 5, "Gaussian -> GM").
-
-    With the scaled CDF ``F~(y) = sum_k w_k erf((y - mu_k) / (sqrt(2) s))`` and target ``u = erf(zeta / sqrt(2))``:
-    init ``y = m + sqrt(v) zeta`` from the GM mean ``m`` and variance ``v``, then ``num_steps`` iterations of
-    ``y <- y - clip((F~(y) - u) / (2 max(pdf(y), pdf_floor)), -max_step s, max_step s)``.
-
-    Limits of this fixed budget (SPEC's algorithm, kept as is): the solution is reached to float64 round-off when the
-    components overlap (e.g. K = 3, means spread ~5 s, ``|zeta| <= 4``), but ``num_steps * max_step = 24 s`` bounds
-    the travel, so with components ~10 s apart about 0.1 % of pixels stop short; and where ``pdf < pdf_floor``
-    (``|zeta|`` beyond ~5) the steps shrink and the deep tail is not resolved. Both are the KR error the paper notes
-    for large K (Fig. 7).
-
-    Args:
-        weights: ``(B, K, N)``, normalised over K.
-        means: ``(B, K, N)``.
-        stds: shared std ``s`` broadcastable to ``(B, 1, N)``.
-        zeta: standard-normal values ``(B, N)``.
-
-    Returns:
-        ``y`` ``(B, N)``.
-    """
-    target = torch.erf(zeta / SQRT2)  # (B, N)
-    m = (weights * means).sum(1)  # (B, N)
-    v = (weights * (means - m.unsqueeze(1)).square()).sum(1) + stds.squeeze(1).square()  # (B, N)
-    y = m + v.sqrt() * zeta  # (B, N)
-    step_max = max_step * stds.squeeze(1)  # (B, 1) or (B, N)
-    for _ in range(num_steps):
-        cdf, pdf = _gm1d_cdf_pdf(weights, means, stds, y)  # (B, N) each
-        step = (cdf - target) / (2 * pdf.clamp(min=pdf_floor))
-        y = y - torch.maximum(torch.minimum(step, step_max), -step_max)
-    return y
-
-
-def gaussian_to_gm(
-    gm: GaussianMixture, zeta: Tensor, num_steps: int = 16, max_step: float = 1.5, pdf_floor: float = EPS
-) -> Tensor:
-    """Inverse KR transport: push standard-normal ``zeta`` to a sample of the GM (SPEC Sec. 5; Appendix A.3).
-
-    ``zeta`` is taken as already in rotated coordinates. For axis ``d = 1..C`` the conditional 1D GM of
-    ``y_d | y_{<d}`` has means ``mu~_{k,d} = (R^T mu_k)_d``, std ``s`` and log-weights
-    ``log A_k - sum_{j<d} (y_j - mu~_{k,j})^2 / (2 s^2)``; ``y_d`` solves its CDF equation by
-    :func:`gm1d_inverse_cdf`. The sample is ``x = R y``. If ``zeta ~ N(0, I)`` then ``x`` follows the GM exactly (up
-    to the Newton tolerance); ``K = 1`` gives ``x = mu + s R zeta``. Computed in at least float32.
-
-    Args:
-        gm: GM ``(B, K, C, *S)``.
-        zeta: ``(B, C, *S)``.
-
-    Returns:
-        ``(B, C, *S)``.
-    """
-    means, logweights, stds = _flat(gm)
-    b, _, c, n = means.shape
-    if tuple(zeta.shape) != (b, c, *gm.means.shape[3:]):
-        raise ValueError(f"zeta must have shape {(b, c, *gm.means.shape[3:])} to match the GM, got {tuple(zeta.shape)}")
-    rot = kr_rotation(gm)  # (B, C, C)
-    means_rot = torch.einsum("bkcn,bcd->bkdn", means, rot)  # (B, K, C, N): mu~ = R^T mu
-    zeta = zeta.to(means.dtype).reshape(b, c, n)  # (B, C, N)
-    sq_dist = torch.zeros_like(logweights)  # (B, K, N): sum_{j<d} ((y_j - mu~_{k,j}) / s)^2
-    ys = []
-    for d in range(c):
-        w = torch.exp(_conditional_logweights(logweights, sq_dist))  # (B, K, N)
-        y = gm1d_inverse_cdf(w, means_rot[:, :, d], stds, zeta[:, d], num_steps, max_step, pdf_floor)  # (B, N)
-        sq_dist = sq_dist + ((y.unsqueeze(1) - means_rot[:, :, d]) / stds).square()
-        ys.append(y)
-    y = torch.stack(ys, dim=1)  # (B, C, N)
-    x = torch.einsum("bcd,bdn->bcn", rot, y)  # (B, C, N): x = R y
-    return x.reshape(b, c, *gm.means.shape[3:])
-
-
-def gm_to_gaussian(gm: GaussianMixture, x: Tensor, clip: float = EPS) -> Tensor:
-    """Forward KR transport: map a GM sample to a standard-normal-like ``zeta`` (SPEC Sec. 5, "GM -> Gaussian").
-
-    ``y = R^T x``; axis 1 uses the unconditional weights, later axes the conditional weights given the actual
-    ``y_{<d}``; ``zeta_d = sqrt(2) erfinv(clip(F~_d(y_d), -1 + clip, 1 - clip))``. The result stays in rotated
-    coordinates. It inverts :func:`gaussian_to_gm`. Computed in at least float32.
-
-    Args:
-        gm: GM ``(B, K, C, *S)``.
-        x: ``(B, C, *S)``.
-
-    Returns:
-        ``zeta`` ``(B, C, *S)``, rotated coordinates.
-    """
-    means, logweights, stds = _flat(gm)
-    b, _, c, n = means.shape
-    if tuple(x.shape) != (b, c, *gm.means.shape[3:]):
-        raise ValueError(f"x must have shape {(b, c, *gm.means.shape[3:])} to match the GM, got {tuple(x.shape)}")
-    rot = kr_rotation(gm)  # (B, C, C)
-    means_rot = torch.einsum("bkcn,bcd->bkdn", means, rot)  # (B, K, C, N)
-    y = torch.einsum("bcn,bcd->bdn", x.to(means.dtype).reshape(b, c, n), rot)  # (B, C, N): y = R^T x
-    sq_dist = torch.zeros_like(logweights)  # (B, K, N)
-    zetas = []
-    for d in range(c):
-        w = torch.exp(_conditional_logweights(logweights, sq_dist))  # (B, K, N)
-        u, _ = _gm1d_cdf_pdf(w, means_rot[:, :, d], stds, y[:, d])  # (B, N)
-        zetas.append(SQRT2 * torch.erfinv(u.clamp(min=-1 + clip, max=1 - clip)))
-        sq_dist = sq_dist + ((y[:, d].unsqueeze(1) - means_rot[:, :, d]) / stds).square()
-    return torch.stack(zetas, dim=1).reshape(b, c, *gm.means.shape[3:])
-
-
-# ------------------------------------------------------------------------------------------------------------------
 # Spectral loss and sampler
 # ------------------------------------------------------------------------------------------------------------------
 
 
 def spectral_loss(log_power: Tensor, z_kr: Tensor, weight: float = 1.0) -> Tensor:
-    """Spectral NLL per sample (SPEC Sec. 2.3; Eq. 20 of the paper).
+    """Spectral NLL per sample (docs/method.md, Sec. 3.5; Eq. 20 of the paper).
 
     With ``z_r = DHT(z_kr)``: ``L = w (C / 2) mean_{c,h,w}[z_r^2 (e^{-P} - 1) + P]``, which per pixel equals
     ``-log N(z_r; 0, diag e^P) + log N(z_r; 0, I)`` summed over channels. Its minimiser over ``P`` is
@@ -410,7 +238,7 @@ def spectral_loss(log_power: Tensor, z_kr: Tensor, weight: float = 1.0) -> Tenso
 def spectral_training_loss(
     spectrum_net: nn.Module, gm_u: GaussianMixture, x0: Tensor, x_t: Tensor, sigma: Tensor, weight: float = 1.0
 ) -> Tensor:
-    """Spectral loss of one training batch; gradients reach ONLY ``spectrum_net`` (SPEC Sec. 2.3; Sec. 8 item 14).
+    """Spectral loss of one training batch; gradients reach ONLY ``spectrum_net`` (Appendix A.3 of the paper).
 
     Under ``no_grad``: the u-space surrogate ``N(m_u, v_u)`` is converted to x0 space as
     ``N(x_t - sigma m_u, sigma^2 v_u)``; the true velocity ``u* = (x_t - x0) / sigma`` is KR-transported under the
@@ -441,7 +269,7 @@ def spectral_training_loss(
 
 
 def spectral_x0_sampler(spectrum_net: nn.Module) -> X0Sampler:
-    """Spectral sampling of ``x0^ ~ q(x0 | x_t)`` for GM-SDE (SPEC Sec. 3.4 and 5; Fig. 9 of the paper).
+    """Spectral sampling of ``x0^ ~ q(x0 | x_t)`` for GM-SDE (docs/method.md, Sec. 5.2; Fig. 9 of the paper).
 
     ``P = spectrum_net(target)``; ``S = eps * exp(P / 2)``; ``zeta = DHT(S)``; ``x0^ = gaussian_to_gm(gm, zeta)``.
     The target Gaussian is the one GM-SDE passes along (the surrogate, the guidance target or the 2nd-order target).

@@ -1,8 +1,8 @@
 """Test oracles: exact posteriors of Gaussian-mixture data, closed-form Gaussian flows, brute-force float64 helpers.
 
 No tests here. Everything is written from first principles (Bayes' rule for Gaussians, explicit sums of component
-densities, Riemann sums on fine grids) so that the library can be checked against it. Conventions as in SPEC Part A,
-Sec. 0: ``sigma = 1`` noise, ``sigma = 0`` data, ``alpha = 1 - sigma``, ``x_t = alpha x0 + sigma eps``,
+densities, Riemann sums on fine grids) so that the library can be checked against it. Conventions as in docs/method.md,
+Sec. 1: ``sigma = 1`` noise, ``sigma = 0`` data, ``alpha = 1 - sigma``, ``x_t = alpha x0 + sigma eps``,
 ``u = eps - x0 = (x_t - x0) / sigma``.
 
 GM data (``GMData``): every pixel independently carries ``x0_p ~ sum_k pi_{k,p} N(m_{k,p}, s0^2 I_C)``. Given

@@ -4,8 +4,9 @@ import copy
 
 import pytest
 import yaml
+from project import validate_config
 
-from gmflow.harness.config import ConfigError, validate_config
+from gmflow.harness.schema import ConfigError
 
 
 def _load(name):

@@ -1,5 +1,5 @@
-"""DiT backbone (gmflow/harness/dit.py): shapes, SPEC Sec. 1.1 init, stop-grad log-std, patching, conditioning,
-parameter counts against the published DiT-XL/2, and a tiny overfit of both losses."""
+"""DiT backbone (gmflow/harness/dit.py): shapes, init (docs/method.md, Sec. 2.1), stop-grad log-std, patching,
+conditioning, parameter counts against the published DiT-XL/2, and a tiny overfit of both losses."""
 
 import math
 
@@ -106,7 +106,7 @@ def test_logstd_is_zero_at_init_for_every_input():
 
 
 def test_logstd_gets_no_gradient_through_the_trunk():
-    """The log-std MLP reads c_emb.detach(): its output moves only its own weights (SPEC Sec. 8.4).
+    """The log-std MLP reads c_emb.detach(): its output moves only its own weights (docs/method.md, Sec. 2.2).
 
     The last layer is randomised first, since with the zero init the trunk gradient would vanish even without the
     stop-grad. The means and logweights, by contrast, do reach the trunk and the embeddings.
@@ -134,7 +134,7 @@ def test_logstd_gets_no_gradient_through_the_trunk():
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Init (SPEC Sec. 1.1)
+# Init (docs/method.md, Sec. 2.1)
 # ---------------------------------------------------------------------------------------------------------------------
 
 

@@ -1,6 +1,6 @@
 """GM algebra (gmflow/gm.py) against brute force in float64: explicit sums of component densities, Riemann sums on
 fine 1D/2D grids, pointwise identities, Monte Carlo with tolerances from the standard error, and the exact posterior
-of Gaussian-mixture data (tests/oracles.py). SPEC Part A, Sec. 0, 3.3, 3.5 and 4."""
+of Gaussian-mixture data (tests/oracles.py). docs/method.md, Sec. 1, 4.4 and 4.6."""
 
 import numpy as np
 import pytest

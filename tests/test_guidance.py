@@ -1,6 +1,6 @@
-"""Probabilistic guidance and GM CFG (gmflow/guidance.py) against independent computations: the spec's bias formula
+"""Probabilistic guidance and GM CFG (gmflow/guidance.py) against independent computations: the bias formula
 recomputed in numpy, the closed-form K = 1 case, and the renormalised product G_c N_tgt / N(m_c, v_c) on a fine grid.
-SPEC Part A, Sec. 3.3 and 8.8-8.9."""
+docs/method.md, Sec. 1.4, 4.6 and 4.7."""
 
 import numpy as np
 import pytest
@@ -35,7 +35,7 @@ def _random_gm(b, k, c, spatial, spread=1.5, logstd=-0.7, seed=0) -> GaussianMix
 
 
 def _reference_guidance(gm: GaussianMixture, m_u: torch.Tensor, w: float, o: float):
-    """SPEC Sec. 3.3 recomputed in numpy per sample: m_c, pixel-averaged v_c, projected Delta, bias b."""
+    """docs/method.md, Sec. 4.6 recomputed in numpy per sample: m_c, pixel-averaged v_c, projected Delta, bias b."""
     means = np64(gm.means)  # (B, K, C, *S)
     wts = np.exp(np64(gm.logweights))
     var = np.exp(2 * np64(gm.logstds))
@@ -55,7 +55,7 @@ def _reference_guidance(gm: GaussianMixture, m_u: torch.Tensor, w: float, o: flo
 @pytest.mark.parametrize("w", [0.1, 0.5, 0.9])
 @pytest.mark.parametrize("o", [0.0, 1.0])
 def test_bias_rms_target_and_orthogonality(c, spatial, w, o):
-    """Truth: the spec's formulas recomputed in numpy: RMS(b) = w sqrt(v_c) with v_c the pixel-averaged surrogate
+    """Truth: the guidance formulas recomputed in numpy: RMS(b) = w sqrt(v_c) with v_c the pixel-averaged surrogate
     variance; target N(m_c + b, (1 - w^2) v_c), so its second moment around m_c is v_c; with o = 1 the bias is
     orthogonal to m_c (mean of the elementwise product 0), with o = 0 it is parallel to m_c - m_u."""
     gm = _random_gm(3, 4, c, spatial, seed=1)
@@ -158,8 +158,8 @@ def test_gm_cfg_shifts_every_mean_by_scaled_difference(c, spatial, w):
 
 
 def test_guided_prediction_converts_to_x0_space_first():
-    """Truth: guidance acts on x0-space GMs (SPEC Sec. 8.9): guided_gm_prediction on velocity GMs equals u -> x0
-    conversion (x0 = x_t - sigma u) followed by probabilistic_guidance with the unconditional x0 mean."""
+    """Truth: guidance acts on x0-space GMs (docs/method.md, Sec. 1.4): guided_gm_prediction on velocity GMs equals
+    u -> x0 conversion (x0 = x_t - sigma u) followed by probabilistic_guidance with the unconditional x0 mean."""
     g = _gen(10)
     gm_c, gm_u = _random_gm(2, 3, 3, (4, 4), seed=11), _random_gm(2, 3, 3, (4, 4), seed=12)
     x_t = torch.randn(2, 3, 4, 4, generator=g)

@@ -6,7 +6,8 @@ import torch
 
 from gmflow.harness import io
 from gmflow.harness.data2d import get_dataset_2d
-from gmflow.harness.networks import MLP2D
+from gmflow.harness.losses import make_loss
+from gmflow.harness.mlp2d import MLP2D
 from gmflow.harness.sampling import generate
 from gmflow.harness.train import TrainConfig, train
 
@@ -27,7 +28,7 @@ def test_killed_training_resumes_to_identical_weights(tmp_path, method):
     ds = get_dataset_2d("checkerboard")
     cfg = TrainConfig(method=method, num_components=4, steps=20, batch_size=64, warmup_steps=5, checkpoint_every=10)
     head = "gm" if method == "gmflow" else "velocity"
-    train(_net(head), cfg, lambda n, g: ds.sample(n, g), tmp_path / "full", progress=False)
+    train(_net(head), cfg, lambda n, g: ds.sample(n, g), tmp_path / "full", make_loss(cfg), progress=False)
 
     calls = {"n": 0}
 
@@ -38,10 +39,10 @@ def test_killed_training_resumes_to_identical_weights(tmp_path, method):
         return ds.sample(n, g)
 
     with pytest.raises(_Killed):
-        train(_net(head), cfg, dying_batch, tmp_path / "resumed", progress=False)
+        train(_net(head), cfg, dying_batch, tmp_path / "resumed", make_loss(cfg), progress=False)
     assert (tmp_path / "resumed" / "state.safetensors").exists()
     assert not (tmp_path / "resumed" / "ema.safetensors").exists()
-    train(_net(head), cfg, lambda n, g: ds.sample(n, g), tmp_path / "resumed", progress=False)
+    train(_net(head), cfg, lambda n, g: ds.sample(n, g), tmp_path / "resumed", make_loss(cfg), progress=False)
     for name in ("model.safetensors", "ema.safetensors"):
         a = io.load_safetensors(tmp_path / "full" / name)
         b = io.load_safetensors(tmp_path / "resumed" / name)
@@ -58,7 +59,7 @@ def test_training_extends_and_restarts_when_settings_change(tmp_path, capsys):
     def run(out, **kw):
         cfg = TrainConfig(**{"method": "fm", "steps": 20, "batch_size": 64, "warmup_steps": 5, "checkpoint_every": 10,
                              **kw})
-        train(_net("velocity"), cfg, lambda n, g: ds.sample(n, g), tmp_path / out, progress=False)
+        train(_net("velocity"), cfg, lambda n, g: ds.sample(n, g), tmp_path / out, make_loss(cfg), progress=False)
         return io.load_safetensors(tmp_path / out / "ema.safetensors")
 
     def same(a, b):

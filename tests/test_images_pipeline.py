@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 import torch
 
+from gmflow.experiments.cli import main as cli
+from gmflow.experiments.images.stages import train_images
 from gmflow.harness import io
-from gmflow.harness.cli import main as cli
-from gmflow.harness.images import balanced_labels, image_spec, train_images
-from gmflow.harness.sampling import CountingModel
+from gmflow.harness.adapters import Counted, NetworkFn, model_fn
+from gmflow.harness.datasets import balanced_labels
+from gmflow.harness.runs import network_spec
 from gmflow.harness.train import TrainConfig, drop_labels
 
 
@@ -34,7 +36,7 @@ def test_label_dropout_rate_and_null_class():
 
 
 def test_killed_image_training_resumes_to_identical_weights(tmp_path, monkeypatch):
-    spec = image_spec("digits", "dit-digits-tiny", "gmflow", 2, spectral=True)
+    spec = network_spec("digits", "dit-digits-tiny", "gmflow", 2, spectral=True)
     train_images(spec, _cfg(), tmp_path / "full", progress=False)
     import gmflow.harness.train as train_mod
 
@@ -59,8 +61,8 @@ def test_killed_image_training_resumes_to_identical_weights(tmp_path, monkeypatc
 @pytest.fixture(scope="module")
 def gm_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("img") / "gm"
-    assert cli(["train", "--dataset", "digits", "--method", "gmflow", "-K", "2", "--network", "dit-digits-tiny",
-                "--spectral", "--steps", "6", "--batch-size", "16", "--warmup-steps", "2", "--quiet",
+    assert cli(["images", "train", "--dataset", "digits", "--method", "gmflow", "-K", "2", "--network",
+                "dit-digits-tiny", "--spectral", "--steps", "6", "--batch-size", "16", "--warmup-steps", "2", "--quiet",
                 "--out", str(out)]) == 0
     return out
 
@@ -74,7 +76,7 @@ def gm_run(tmp_path_factory):
 ])
 def test_sampling_counts_and_writes_images(gm_run, tmp_path, solver, args, forwards_per_nfe):
     out = tmp_path / "s.npz"
-    assert cli(["sample", "--run-dir", str(gm_run), "--solver", solver, "--nfe", "3", "--num-samples", "30",
+    assert cli(["images", "sample", "--run-dir", str(gm_run), "--solver", solver, "--nfe", "3", "--num-samples", "30",
                 "--block-size", "16", "--quiet", "--out", str(out), *args]) == 0
     data = np.load(out)
     rec = json.loads(str(data["record"]))
@@ -85,7 +87,8 @@ def test_sampling_counts_and_writes_images(gm_run, tmp_path, solver, args, forwa
 
 
 def test_bad_sampling_options_are_refused(gm_run, tmp_path, capsys):
-    base = ["sample", "--run-dir", str(gm_run), "--nfe", "2", "--num-samples", "10", "--out", str(tmp_path / "x.npz")]
+    base = ["images", "sample", "--run-dir", str(gm_run), "--nfe", "2", "--num-samples", "10",
+            "--out", str(tmp_path / "x.npz")]
     assert cli([*base, "--solver", "gm-ode", "--spectral"]) == 2
     assert "GM-SDE" in capsys.readouterr().err
     assert cli([*base, "--solver", "gm-ode", "--guidance", "probabilistic", "--guidance-scale", "1.5"]) == 2
@@ -107,10 +110,10 @@ def test_gm_mean_drives_flow_solvers():
                                    gm.logstds.repeat(len(x) // 3, 1, 1, 1, 1))
 
     x, sigma = torch.randn(3, 1, 2, 2, generator=g), torch.full((3,), 0.6)
-    v = CountingModel(Net(), "gmflow", as_velocity=True)(x, sigma)
+    v = model_fn(Counted(NetworkFn(Net())), "gmflow", "euler")(x, sigma)
     assert torch.allclose(v, gm.mean(), atol=1e-6)
-    guided = CountingModel(Net(), "gmflow", "probabilistic", 0.0, 1.0, torch.zeros(3, dtype=torch.long), 10,
-                           as_velocity=True)(x, sigma)
+    guided = model_fn(Counted(NetworkFn(Net())), "gmflow", "euler", "probabilistic", 0.0, 1.0,
+                      torch.zeros(3, dtype=torch.long), 10)(x, sigma)
     assert torch.allclose(guided, gm.mean(), atol=1e-5)  # w-tilde = 0: the conditional GM itself
 
 
@@ -121,7 +124,7 @@ def test_balanced_labels():
 def test_snapshot_equals_the_shorter_run_and_becomes_a_run(tmp_path, capsys):
     """A snapshot at step k holds exactly the EMA weights a k-step run ends with (constant learning rate after
     warm-up, step-indexed EMA), and snapshot-run makes it a run folder whose record says k steps."""
-    spec = image_spec("digits", "dit-digits-tiny", "gmflow", 2, spectral=True)
+    spec = network_spec("digits", "dit-digits-tiny", "gmflow", 2, spectral=True)
     io.write_json(spec, tmp_path / "spec.json")
     record = train_images(spec, _cfg(snapshot_steps=(5,)), tmp_path / "long", progress=False)
     io.write_json({**spec, **record}, tmp_path / "long" / "run.json")
@@ -133,12 +136,13 @@ def test_snapshot_equals_the_shorter_run_and_becomes_a_run(tmp_path, capsys):
     final = io.load_safetensors(tmp_path / "long" / "ema.safetensors")
     snap = io.load_safetensors(tmp_path / "long" / "snapshots" / "step5" / "ema.safetensors")
     assert any(not torch.equal(final[k], snap[k]) for k in final)  # the snapshot is not the final weights
-    assert cli(["snapshot-run", "--run-dir", str(tmp_path / "long"), "--step", "5",
+    assert cli(["images", "snapshot-run", "--run-dir", str(tmp_path / "long"), "--step", "5",
                 "--out", str(tmp_path / "long-at5")]) == 0
     out = json.loads((tmp_path / "long-at5" / "run.json").read_text())
     assert out["train"]["steps"] == 5 and out["snapshot_of"] == "long" and out["snapshot_step"] == 5
     assert 0 < out["train_seconds"] <= record["train_seconds"]
-    assert cli(["snapshot-run", "--run-dir", str(tmp_path / "long"), "--step", "3", "--out", str(tmp_path / "x")]) != 0
+    assert cli(["images", "snapshot-run", "--run-dir", str(tmp_path / "long"), "--step", "3",
+                "--out", str(tmp_path / "x")]) != 0
     assert "--snapshot-steps 3" in capsys.readouterr().err
 
 

@@ -1,4 +1,5 @@
-"""Local Flow Matching (baselines/lfm.py, gmflow/harness/lfm.py) against closed forms (SPEC Part B).
+"""Local Flow Matching (baselines/lfm.py, gmflow/experiments/lfm/blocks.py) against closed forms
+(docs/method.md, Sec. 7).
 
 Independent truth: Gaussian data ``x0 ~ N(m, s^2 I)``. Every pool is then Gaussian, ``(x0, x1)`` is jointly Gaussian
 in each block, and the exact flow-matching velocity ``E[dI_t/dt | I_t]`` is a linear regression written out below from
@@ -17,9 +18,9 @@ from oracles import F64, GaussianData, iso_logpdf
 
 from baselines import lfm
 from baselines.fm import fm_pair
+from gmflow.experiments.lfm import blocks as hlfm
 from gmflow.harness import io
-from gmflow.harness import lfm as hlfm
-from gmflow.harness.networks import MLP2D
+from gmflow.harness.mlp2d import MLP2D
 from gmflow.schedule import sigma_to_timestep
 
 torch.set_num_threads(1)

@@ -1,4 +1,4 @@
-"""LFM on class-conditional images (gmflow/harness/lfm_cli.py, gmflow/harness/lfm.py, gmflow/harness/lfm_config.py).
+"""LFM on class-conditional images (the package gmflow/experiments/lfm/: blocks, chain, config, cli).
 
 One 3-block chain on scikit-learn's 8x8 digits (the tiny DiT with its velocity head, 20 steps per block) is built once
 through the CLI, in process, with two one-step students (blocks 1-2 together, and block 3). The tests check the
@@ -16,18 +16,20 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from project import validate_config
 from torch import nn
 
 from baselines import lfm as blfm
-from gmflow.harness import cli, lfm_cli
-from gmflow.harness import lfm as glfm
-from gmflow.harness.config import ConfigError, validate_config
+from gmflow.experiments import cli
+from gmflow.experiments.images.sweeps import TAG_PATTERN
+from gmflow.experiments.lfm import blocks as glfm
+from gmflow.experiments.lfm import chain as lfm_cli
+from gmflow.experiments.lfm.blocks import BlockTrainConfig, block_velocity, train_block
+from gmflow.experiments.lfm.config import distill_groups, image_sample_sets, image_sample_tag, student_folder
 from gmflow.harness.data_images import load_images, to_uint8
 from gmflow.harness.dit import DiT
-from gmflow.harness.lfm import BlockTrainConfig, block_velocity, train_block
-from gmflow.harness.lfm_config import distill_groups, image_sample_sets, image_sample_tag, student_folder
-from gmflow.harness.sampling import block_generator
-from gmflow.harness.sweeps import TAG_PATTERN
+from gmflow.harness.schema import ConfigError
+from gmflow.harness.seeding import stream_generator as block_generator
 
 torch.set_num_threads(1)
 
@@ -47,18 +49,18 @@ def _run(*argv):
 
 def _train(root, n):
     init = ["--init-from", root / f"block_{n - 1}" / "ema.safetensors"] if n > 1 else []
-    _run("lfm-train-block", "--dataset", "digits", "--network", "dit-digits-tiny", "--block", n, "--num-blocks", N,
+    _run("lfm", "train-block", "--dataset", "digits", "--network", "dit-digits-tiny", "--block", n, "--num-blocks", N,
          "--step-c", 0.1, "--step-rho", 1.5, "--pool", root / f"pool_{n - 1}.npz", *init, "--steps", STEPS,
          "--batch-size", BATCH, "--warmup-steps", 5, "--grad-clip", 10, "--quiet", "--out", root / f"block_{n}")
 
 
 def _push(root, block, pool, out):
-    _run("lfm-push", "--block-dir", block, "--pool", pool, "--solver", "heun", "--nfe", PUSH_NFE, "--batch-size",
+    _run("lfm", "push", "--block-dir", block, "--pool", pool, "--solver", "heun", "--nfe", PUSH_NFE, "--batch-size",
          PUSH_BATCH, "--quiet", "--out", out)
 
 
 def _distill(root, first, last):
-    _run("lfm-distill", "--blocks", *[root / f"block_{n}" for n in range(first, last + 1)], "--pool-in",
+    _run("lfm", "distill", "--blocks", *[root / f"block_{n}" for n in range(first, last + 1)], "--pool-in",
          root / f"pool_{first - 1}.npz", "--pool-out", root / f"pool_{last}.npz", "--steps", DISTILL_STEPS,
          "--batch-size", BATCH, "--quiet", "--out", root / student_folder(first, last))
 
@@ -67,7 +69,7 @@ def _distill(root, first, last):
 def chain(tmp_path_factory):
     """pool_0 .. pool_3, block_1 .. block_3, student_1-2 and student_3, all through the CLI."""
     root = tmp_path_factory.mktemp("lfm_images")
-    _run("lfm-image-pool", "--dataset", "digits", "--num-images", POOL, "--out", root / "pool_0.npz")
+    _run("lfm", "image-pool", "--dataset", "digits", "--num-images", POOL, "--out", root / "pool_0.npz")
     for n in range(1, N + 1):
         _train(root, n)
         _push(root, root / f"block_{n}", root / f"pool_{n - 1}.npz", root / f"pool_{n}.npz")
@@ -87,7 +89,7 @@ def _students(root):
 def _sample(root, name, solver, *opts, blocks=None, n=50, block_size=20, seed=0):
     blocks = blocks or (_students(root) if solver == "distilled" else _blocks(root))
     out = root / "samples" / f"{name}.npz"
-    _run("lfm-sample", "--blocks", *blocks, "--solver", solver, *opts, "--num-samples", n, "--block-size",
+    _run("lfm", "sample", "--blocks", *blocks, "--solver", solver, *opts, "--num-samples", n, "--block-size",
          block_size, "--seed", seed, "--quiet", "--out", out)
     with np.load(out) as f:
         return f["images"], f["labels"], json.loads(str(f["record"]))
@@ -116,7 +118,7 @@ def test_image_pool_is_a_class_balanced_prefix_of_training_images(chain, tmp_pat
         first = train_x[train_y == c][: POOL // NUM_CLASSES].numpy()
         np.testing.assert_array_equal(x[labels == c], first)
     # a smaller pool is a prefix of a larger one
-    _run("lfm-image-pool", "--dataset", "digits", "--num-images", 300, "--out", tmp_path / "p300.npz")
+    _run("lfm", "image-pool", "--dataset", "digits", "--num-images", 300, "--out", tmp_path / "p300.npz")
     with np.load(tmp_path / "p300.npz") as f:
         np.testing.assert_array_equal(f["x"][:POOL], x)
         np.testing.assert_array_equal(f["labels"][:POOL], labels)
@@ -124,7 +126,7 @@ def test_image_pool_is_a_class_balanced_prefix_of_training_images(chain, tmp_pat
 
 
 def test_image_pool_larger_than_the_training_split_is_refused(tmp_path, capsys):
-    assert cli.main(["lfm-image-pool", "--dataset", "digits", "--num-images", "100000", "--out",
+    assert cli.main(["lfm", "image-pool", "--dataset", "digits", "--num-images", "100000", "--out",
                      str(tmp_path / "p.npz")]) == 2
     assert "--num-images 100000" in capsys.readouterr().err
     assert not (tmp_path / "p.npz").exists()
@@ -383,7 +385,7 @@ def test_zero_velocity_chain_returns_the_flow_matching_noise(solver, k):
 )
 def test_sample_rejects_student_sets_that_do_not_cover_the_chain(chain, capsys, folders, message):
     out = chain / "samples" / "never.npz"
-    argv = ["lfm-sample", "--blocks", *[str(chain / f) for f in folders], "--solver", "distilled", "--num-samples",
+    argv = ["lfm", "sample", "--blocks", *[str(chain / f) for f in folders], "--solver", "distilled", "--num-samples",
             "10", "--quiet", "--out", str(out)]
     assert cli.main(argv) == 2
     assert message in capsys.readouterr().err
@@ -408,12 +410,12 @@ def test_distill_refuses_pools_with_different_labels(chain, tmp_path, capsys):
         x, labels = f["x"], f["labels"]
     np.savez(tmp_path / "relabelled.npz", x=x, labels=(labels + 1) % NUM_CLASSES)
     out = tmp_path / "student_3"
-    assert cli.main(["lfm-distill", "--blocks", str(chain / "block_3"), "--pool-in", str(chain / "pool_2.npz"),
+    assert cli.main(["lfm", "distill", "--blocks", str(chain / "block_3"), "--pool-in", str(chain / "pool_2.npz"),
                      "--pool-out", str(tmp_path / "relabelled.npz"), "--steps", "1", "--quiet", "--out",
                      str(out)]) == 2
     assert "different labels" in capsys.readouterr().err
     np.savez(tmp_path / "unlabelled.npz", x=x)
-    assert cli.main(["lfm-distill", "--blocks", str(chain / "block_3"), "--pool-in", str(chain / "pool_2.npz"),
+    assert cli.main(["lfm", "distill", "--blocks", str(chain / "block_3"), "--pool-in", str(chain / "pool_2.npz"),
                      "--pool-out", str(tmp_path / "unlabelled.npz"), "--steps", "1", "--quiet", "--out",
                      str(out)]) == 2
     assert "different labels" in capsys.readouterr().err
@@ -423,7 +425,7 @@ def test_distill_refuses_pools_with_different_labels(chain, tmp_path, capsys):
 @pytest.mark.parametrize("blocks", [(1, 3), (2, 1), (1, 2, 2)])
 def test_distill_refuses_blocks_that_are_not_consecutive(chain, tmp_path, capsys, blocks):
     out = tmp_path / "student"
-    assert cli.main(["lfm-distill", "--blocks", *[str(chain / f"block_{n}") for n in blocks], "--pool-in",
+    assert cli.main(["lfm", "distill", "--blocks", *[str(chain / f"block_{n}") for n in blocks], "--pool-in",
                      str(chain / "pool_0.npz"), "--pool-out", str(chain / "pool_3.npz"), "--steps", "1", "--quiet",
                      "--out", str(out)]) == 2
     assert "consecutive blocks" in capsys.readouterr().err

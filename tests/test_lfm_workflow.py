@@ -1,4 +1,4 @@
-"""LFM sub-commands of gmflow-bench (gmflow/harness/lfm_cli.py) and the lfm config section, on tiny chains.
+"""LFM sub-commands of gmflow-bench (gmflow/experiments/lfm/) and the lfm config section, on tiny chains.
 
 One 3-block chain on gmm2d (2 OU blocks and the free block, a 16-wide MLP) is built once through the CLI, in process;
 the tests check block caching and resuming, the pushed-pool cache, exact NFE counts (also against an independent count
@@ -14,14 +14,19 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from project import SCHEMA, validate_config
 
 from baselines import lfm as blfm
-from gmflow.harness import cli, lfm_cli
-from gmflow.harness.config import ConfigError, load_schema, validate_config
+from gmflow.experiments import cli
+from gmflow.experiments.lfm import chain as lfm_cli
+from gmflow.experiments.lfm import cli as lfm_commands
+from gmflow.experiments.lfm.blocks import block_student, block_velocity
+from gmflow.experiments.lfm.config import sample_settings
+from gmflow.harness import io, registry
 from gmflow.harness.data2d import get_dataset_2d
-from gmflow.harness.lfm import block_student, block_velocity
-from gmflow.harness.lfm_config import sample_settings
-from gmflow.harness.networks import MLP2D
+from gmflow.harness.mlp2d import MLP2D
+from gmflow.harness.schema import ConfigError, load_schema
+from gmflow.harness.tables import COLUMNS_2D
 
 torch.set_num_threads(1)
 
@@ -36,7 +41,7 @@ def _run(*argv):
 
 def _train(root, n, *extra, pool=None, out=None):
     init = ["--init-from", root / f"block_{n - 1}" / "ema.safetensors"] if n > 1 else []
-    _run("lfm-train-block", "--dataset", "gmm2d", "--block", n, "--num-blocks", N, "--pool",
+    _run("lfm", "train-block", "--dataset", "gmm2d", "--block", n, "--num-blocks", N, "--pool",
          pool or root / f"pool_{n - 1}.npz", *init, *TRAIN, *extra, "--out", out or root / f"block_{n}")
 
 
@@ -44,13 +49,13 @@ def _train(root, n, *extra, pool=None, out=None):
 def chain(tmp_path_factory):
     """pool_0 .. pool_N, block_1 .. block_N, student_1 .. student_N and a reference sample, all through the CLI."""
     root = tmp_path_factory.mktemp("lfm")
-    _run("prepare-data", "--dataset", "gmm2d", "--num-samples", 400, "--seed", 9000, "--out", root / "pool_0.npz")
-    _run("prepare-data", "--dataset", "gmm2d", "--num-samples", 300, "--seed", 0, "--out", root / "ref.npz")
+    _run("2d", "prepare-data", "--dataset", "gmm2d", "--num-samples", 400, "--seed", 9000, "--out", root / "pool_0.npz")
+    _run("2d", "prepare-data", "--dataset", "gmm2d", "--num-samples", 300, "--seed", 0, "--out", root / "ref.npz")
     for n in range(1, N + 1):
         _train(root, n)
-        _run("lfm-push", "--block-dir", root / f"block_{n}", "--pool", root / f"pool_{n - 1}.npz", "--rtol", 1e-2,
+        _run("lfm", "push", "--block-dir", root / f"block_{n}", "--pool", root / f"pool_{n - 1}.npz", "--rtol", 1e-2,
              "--atol", 1e-2, "--batch-size", 150, "--quiet", "--out", root / f"pool_{n}.npz")
-        _run("lfm-distill", "--blocks", root / f"block_{n}", "--pool-in", root / f"pool_{n - 1}.npz",
+        _run("lfm", "distill", "--blocks", root / f"block_{n}", "--pool-in", root / f"pool_{n - 1}.npz",
              "--pool-out", root / f"pool_{n}.npz", "--steps", 5, "--batch-size", 64, "--quiet", "--out",
              root / f"student_{n}")
     return root
@@ -63,7 +68,7 @@ def _blocks(root, kind="block"):
 def _sample(root, solver, *opts, name=None, n=120):
     name = name or f"{solver}"
     kind = "student" if solver == "distilled" else "block"
-    _run("lfm-sample", "--blocks", *_blocks(root, kind), "--solver", solver, *opts, "--num-samples", n,
+    _run("lfm", "sample", "--blocks", *_blocks(root, kind), "--solver", solver, *opts, "--num-samples", n,
          "--block-size", 50, "--reference", root / "ref.npz", "--knn-points", 50, "--quiet",
          "--metrics-out", root / f"{name}.csv", "--out", root / f"{name}.npz")
     return json.loads(str(np.load(root / f"{name}.npz")["record"])), pd.read_csv(root / f"{name}.csv")
@@ -92,12 +97,12 @@ def test_block_resumes_from_its_state_and_extends(chain, tmp_path):
     _train(chain, 2, "--steps", 24, out=tmp_path / "b")
     assert json.loads((tmp_path / "b" / "run.json").read_text())["resume"] == "resumed"
     _train(chain, 2, "--steps", 24, out=tmp_path / "full")
-    a, b = (cli.io.load_safetensors(tmp_path / d / "ema.safetensors") for d in ("b", "full"))
+    a, b = (io.load_safetensors(tmp_path / d / "ema.safetensors") for d in ("b", "full"))
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
     # a rerun of a finished block with the same inputs trains nothing and gives the same weights
     _train(chain, 2, "--steps", 24, out=tmp_path / "b")
-    c = cli.io.load_safetensors(tmp_path / "b" / "ema.safetensors")
+    c = io.load_safetensors(tmp_path / "b" / "ema.safetensors")
     assert all(torch.equal(c[k], b[k]) for k in b)
 
 
@@ -112,7 +117,7 @@ def test_block_restarts_when_its_pool_or_settings_change(chain, tmp_path):
 
 
 def test_bad_block_settings_fail_with_a_message(chain, capsys):
-    argv = ["lfm-train-block", "--dataset", "gmm2d", "--block", "4", "--num-blocks", "3", "--pool",
+    argv = ["lfm", "train-block", "--dataset", "gmm2d", "--block", "4", "--num-blocks", "3", "--pool",
             str(chain / "pool_0.npz"), "--out", str(chain / "never")]
     assert cli.main(argv) == 2
     assert "block must be in 1..num_blocks" in capsys.readouterr().err
@@ -129,8 +134,8 @@ def test_push_with_its_output_present_does_nothing(chain, monkeypatch, capsys):
     def no_load(*args, **kwargs):
         raise AssertionError("a cached push must not load the block")
 
-    monkeypatch.setattr(lfm_cli, "load_block", no_load)
-    _run("lfm-push", "--block-dir", chain / "block_1", "--pool", chain / "pool_0.npz", "--quiet", "--out", out)
+    monkeypatch.setattr(lfm_commands, "load_block", no_load)
+    _run("lfm", "push", "--block-dir", chain / "block_1", "--pool", chain / "pool_0.npz", "--quiet", "--out", out)
     assert "nothing to do" in capsys.readouterr().out
     assert before == (os.path.getmtime(out), out.read_bytes(), (chain / "pool_1.json").read_bytes())
 
@@ -169,7 +174,7 @@ def test_fixed_step_nfe_is_exactly_the_sum_over_blocks(chain, monkeypatch, solve
     assert rec["nfe_per_block"] == [per_block] * N
     assert rec["nfe"] == sum(rec["nfe_per_block"]) == rec["nfe_budget"] == N * per_block
     assert calls.calls == rec["nfe"] * 3  # 120 samples = 3 noise streams of 50, 50, 20
-    assert list(df.columns) == cli.TABLE_COLUMNS
+    assert list(df.columns) == COLUMNS_2D
     assert set(df.nfe) == {N * per_block} and set(df.method) == {"lfm"} and set(df.solver) == {solver}
     assert {"tv_hist200", "sliced_w2", "precision", "recall", "support_fraction"} <= set(df.metric)
     assert df.value.notna().all() and set(df.train_steps) == {12 * N}
@@ -208,11 +213,11 @@ def test_block_student_starts_as_one_euler_step_of_its_teacher(chain):
 
 
 def test_sample_rejects_mixed_or_misordered_chains(chain, capsys):
-    base = ["lfm-sample", "--solver", "euler", "--nfe-per-block", "1", "--num-samples", "10", "--out",
+    base = ["lfm", "sample", "--solver", "euler", "--nfe-per-block", "1", "--num-samples", "10", "--out",
             str(chain / "never.npz")]
     assert cli.main([*base, "--blocks", *map(str, reversed(_blocks(chain)))]) == 2
     assert "training order" in capsys.readouterr().err
-    assert cli.main(["lfm-sample", "--solver", "distilled", "--num-samples", "10", "--out", str(chain / "n.npz"),
+    assert cli.main(["lfm", "sample", "--solver", "distilled", "--num-samples", "10", "--out", str(chain / "n.npz"),
                      "--blocks", *map(str, _blocks(chain))]) == 2
     assert "not a student folder" in capsys.readouterr().err
     assert cli.main([*base[:2], "dopri5", *base[3:], "--blocks", *map(str, _blocks(chain))]) == 2
@@ -226,10 +231,10 @@ def test_sample_rejects_mixed_or_misordered_chains(chain, capsys):
 
 def test_nll_rows_for_gmm2d(chain):
     out = chain / "nll.csv"
-    _run("lfm-nll", "--blocks", *_blocks(chain), "--reference", chain / "ref.npz", "--num-points", 40,
+    _run("lfm", "nll", "--blocks", *_blocks(chain), "--reference", chain / "ref.npz", "--num-points", 40,
          "--num-steps", 2, "--out", out)
     df = pd.read_csv(out)
-    assert list(df.columns) == cli.TABLE_COLUMNS
+    assert list(df.columns) == COLUMNS_2D
     v = dict(zip(df.metric, df.value, strict=True))
     assert set(v) == {"nll", "nll_se", "nll_coarse", "nll_coarse_diff_se", "data_nll", "kl_estimate", "kl_estimate_se"}
     x = np.load(chain / "ref.npz")["samples"][:40].astype(np.float64)
@@ -248,7 +253,7 @@ def test_adaptive_nll_rows_are_the_library_dopri5_solve(chain):
     closed form in tests/test_lfm.py. These tiny MLPs with fine position features need thousands of evaluations per
     block to resolve the divergence integral: fixed-step RK4 is far from converged at 160 steps per block.)"""
     out = chain / "nll_dopri5.csv"
-    _run("lfm-nll", "--blocks", *_blocks(chain), "--reference", chain / "ref.npz", "--num-points", 10,
+    _run("lfm", "nll", "--blocks", *_blocks(chain), "--reference", chain / "ref.npz", "--num-points", 10,
          "--method", "dopri5", "--tol", 1e-3, "--out", out)
     df = pd.read_csv(out)
     v = dict(zip(df.metric, df.value, strict=True))
@@ -272,9 +277,9 @@ def _ci():
 
 
 def test_lfm_keys_agree_with_the_library_and_the_schema():
-    schema = load_schema()["properties"]["lfm"]["properties"]
+    schema = load_schema(SCHEMA)["properties"]["lfm"]["properties"]
     assert set(schema["interpolant"]["enum"]) == set(blfm.INTERPOLANTS)
-    assert set(schema["datasets"]["items"]["enum"]) == set(cli.registry.DATASETS_2D)
+    assert set(schema["datasets"]["items"]["enum"]) == set(registry.DATASETS_2D)
     assert lfm_cli.SAMPLE_SOLVERS == (*blfm.SOLVERS, "distilled")
     assert set(lfm_cli.FIXED_STEP_SOLVERS) | {"dopri5"} == set(blfm.SOLVERS)
 

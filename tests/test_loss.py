@@ -1,6 +1,6 @@
 """Transition loss and its schedule pieces (gmflow/loss.py, gmflow/schedule.py) against independent derivations:
 joint-Gaussian conditioning in float64, Monte Carlo moments of the forward process, brute-force NLLs, the L2 flow
-matching loss and the exact posterior of Gaussian-mixture data. SPEC Part A, Sec. 2.2 and 8."""
+matching loss and the exact posterior of Gaussian-mixture data. docs/method.md, Sec. 1.7 and 3."""
 
 import math
 
@@ -63,7 +63,8 @@ def test_transition_coefficients_are_the_ddpm_posterior(s_h, frac):
 @pytest.mark.parametrize("s_h,lam", [(0.8, 0.5), (1.0, 0.9), (0.3, 0.2)])
 def test_forward_transition_gives_the_marginal_and_markov_coupling(s_h, lam):
     """Truth (Monte Carlo, 400k draws, 5 standard errors): x_h | x0 ~ N(a_h x0, s_h^2) (the forward marginal), and
-    Cov(x_l, x_h | x0) = (a_h/a_l) s_l^2 (x_h is drawn FROM x_l, SPEC Sec. 8.3; independent draws would give 0)."""
+    Cov(x_l, x_h | x0) = (a_h/a_l) s_l^2 (x_h is drawn FROM x_l, docs/method.md, Sec. 3.2;
+    independent draws would give 0)."""
     n = 400_000
     g = _gen(1)
     x0 = torch.randn(n, 1, generator=g, dtype=F64)
@@ -98,7 +99,8 @@ def test_lambda_one_pair_is_data_and_forward_noise():
 def test_lambda_one_loss_is_x0_nll_and_velocity_nll(c, spatial):
     """Truth: with lambda = 1 the transition loss is the x0-space NLL (brute force: explicit GM density of x0 with
     means x_h - sigma mu_k and std sigma s, minus (C/2) log 2 pi, averaged over pixels), which equals the velocity NLL
-    of Eq. 6 plus C log sigma per sample. Tolerance covers float32 and the 1e-6 floor on c3 (SPEC Sec. 8.6)."""
+    of Eq. 6 plus C log sigma per sample. Tolerance covers float32 and the 1e-6 floor on c3
+    (docs/method.md, Sec. 1.7)."""
     b = 4
     gm_u = _random_gm(b, 3, c, spatial, seed=3)
     g = _gen(4)

@@ -1,10 +1,12 @@
-"""Paper tables (workflow/scripts/paper_tables.py): selection rules on a synthetic long table with known values.
+"""Paper tables of the image experiment (gmflow/experiments/images/: points, tables, claims) and their script
+(workflow/scripts/paper_tables.py): selection rules on a synthetic long table with known values.
 
 The scenario has a flow-matching run, the main GMFlow run (K = 8), a K = 4 run and a lambda = 1 run; every expected
 value below is read off the points written in :func:`scenario`.
 """
 
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -14,9 +16,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from gmflow.experiments.images import claims as img_claims
+from gmflow.experiments.images import points as img_points
+from gmflow.experiments.images import tables as img_tables
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "workflow" / "scripts"))
-import paper_tables as pt  # noqa: E402
 
 PUBLISHED = ROOT / "data" / "published" / "gmflow_icml2025.csv"
 EXT = "classifier-toy"
@@ -70,12 +74,12 @@ def scenario() -> pd.DataFrame:
         *point("fm", "euler", 8, C, 1.5, 40, .30, .06, ext="inception-tf"),
         *nll("gm4", 2.0), *nll("gm8", 1.8), *nll("gm8l1", 1.7),
     ]
-    return pd.DataFrame(rows).reindex(columns=pt.IMAGE_COLUMNS)
+    return pd.DataFrame(rows).reindex(columns=img_points.IMAGE_COLUMNS)
 
 
 @pytest.fixture(scope="module")
 def tables():
-    return pt.build_tables(scenario(), pt.load_published(PUBLISHED))
+    return img_claims.build_tables(scenario(), img_points.load_published(PUBLISHED))
 
 
 def pick(t, **eq):
@@ -99,19 +103,19 @@ def claim(tables, text):
 
 def test_runs_and_extractor_are_chosen_by_column_values():
     df = scenario()
-    assert pt.main_gmflow_run(df) == "gm8"
-    assert pt.lambda1_run(df, "gm8") == "gm8l1"
+    assert img_points.main_gmflow_run(df) == "gm8"
+    assert img_points.lambda1_run(df, "gm8") == "gm8l1"
     # without K = 8 (lambda < 1) the largest K with lambda < 1 is the main run; a lambda = 1 run never is
-    assert pt.main_gmflow_run(df[df.run != "gm8"]) == "gm4"
-    assert pt.main_gmflow_run(df[df.method == "fm"]) is None
-    assert pt.main_extractor(df, "toy") == EXT
-    assert pt.main_extractor(df[df.feature_extractor != EXT], "toy") == "inception-tf"
+    assert img_points.main_gmflow_run(df[df.run != "gm8"]) == "gm4"
+    assert img_points.main_gmflow_run(df[df.method == "fm"]) is None
+    assert img_points.main_extractor(df, "toy") == EXT
+    assert img_points.main_extractor(df[df.feature_extractor != EXT], "toy") == "inception-tf"
 
 
 def test_points_average_seeds_and_count_scales():
     df = pd.concat([scenario(), pd.DataFrame(point("gm8", "gm-ode-2", 8, "probabilistic", 0.2, 11, .80, .03,
-                                                   substeps=16, seed=1)).reindex(columns=pt.IMAGE_COLUMNS)])
-    w = pt.points(df)
+                                                   substeps=16, seed=1)).reindex(columns=img_points.IMAGE_COLUMNS)])
+    w = img_points.points(df)
     r = one(w, run="gm8", solver="gm-ode-2", nfe=8, guidance_scale=0.2, substeps=16, orthogonal=1.0)
     assert (r.fid, r.precision, r.num_seeds, r.seed) == (pytest.approx(10.0), pytest.approx(.75), 2, 0)
     assert r.sample_set.endswith("seed0")
@@ -120,8 +124,8 @@ def test_points_average_seeds_and_count_scales():
 
 
 def test_best_over_guidance_picks_fid_and_precision_separately():
-    w = pt.points(scenario())
-    b = pt.best_over_guidance(pick(w, run="fm", solver="euler", nfe=8, orthogonal=1.0, feature_extractor=EXT))
+    w = img_points.points(scenario())
+    b = img_points.best_over_guidance(pick(w, run="fm", solver="euler", nfe=8, orthogonal=1.0, feature_extractor=EXT))
     fid = one(b, selection="best_fid", metric="fid")
     assert (fid.value, fid.guidance_scale) == (12, 1.5)
     prec = one(b, selection="best_precision", metric="precision")
@@ -224,7 +228,7 @@ def test_table4_matching_and_directions(tables):
 def test_table4_nfe_fallback_names_the_nfe():
     df = scenario()
     df = df[(df.nfe != 8) | (df.run == "fm")]  # ablations only at NFE 4 now
-    t4 = pt.table4_ablation(pt.points(df), pt.load_published(PUBLISHED))
+    t4 = img_tables.table4_ablation(img_points.points(df), img_points.load_published(PUBLISHED))
     ours = pick(t4, source="ours", feature_extractor=EXT)
     assert set(ours.nfe) == {4}
     assert ours.description.str.contains("the paper's NFE 8 was not run").all()
@@ -244,17 +248,17 @@ def test_fig8_pairs_one_per_method_at_matched_precision(tables):
 
 
 def test_missing_points_do_not_crash():
-    pub = pt.load_published(PUBLISHED)
+    pub = img_points.load_published(PUBLISHED)
     df = scenario()
     for keep in (["fm"], ["gm4"], ["fm", "gm8l1"]):
-        out = pt.build_tables(df[df.run.isin(keep)], pub)
-        assert set(out) == {*pt.TABLES, "claims"}
+        out = img_claims.build_tables(df[df.run.isin(keep)], pub)
+        assert set(out) == {*img_points.TABLES, "claims"}
         c = out["claims"].set_index("figure")
         # no main GMFlow run: nothing of Fig. 6 or Table 4 can be checked
         assert c.loc["Fig. 6"].agrees.isna().all() and c.loc["Table 4"].agrees.isna().all(), keep
         assert len(pick(out["table4_ablation"], source="ours", feature_extractor=EXT)) == 8 * 4  # all kept
-    out = pt.build_tables(df[df.run == "none"], pub)
-    assert out["claims"].empty and all(len(pick(out[n], source="ours")) == 0 for n in pt.TABLES)
+    out = img_claims.build_tables(df[df.run == "none"], pub)
+    assert out["claims"].empty and all(len(pick(out[n], source="ours")) == 0 for n in img_points.TABLES)
 
 
 def test_cli_end_to_end(tmp_path):
@@ -262,16 +266,18 @@ def test_cli_end_to_end(tmp_path):
     tables.mkdir()
     scenario().to_csv(tables / "images.csv", index=False)
     script = ROOT / "workflow" / "scripts" / "paper_tables.py"
-    proc = subprocess.run([sys.executable, str(script), "--results", str(tmp_path)], capture_output=True, text=True)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, str(script), "--results", str(tmp_path)], capture_output=True, text=True,
+                          env=env)
     assert proc.returncode != 0 and "published_gmflow.csv does not exist" in proc.stderr
     shutil.copy(PUBLISHED, tables / "published_gmflow.csv")
-    subprocess.run([sys.executable, str(script), "--results", str(tmp_path)], check=True, capture_output=True)
-    for name in pt.TABLES:
+    subprocess.run([sys.executable, str(script), "--results", str(tmp_path)], check=True, capture_output=True, env=env)
+    for name in img_points.TABLES:
         t = pd.read_csv(tables / f"{name}.csv")
-        assert list(t.columns) == pt.OUT_COLUMNS and len(t) > 0, name
+        assert list(t.columns) == img_points.OUT_COLUMNS and len(t) > 0, name
         assert set(t.source) <= {"ours", "paper"}
     claims = pd.read_csv(tables / "claims.csv")
-    assert list(claims.columns) == pt.CLAIM_COLUMNS and len(claims) == 17
+    assert list(claims.columns) == img_points.CLAIM_COLUMNS and len(claims) == 17
     assert set(claims.feature_extractor) == {EXT}
 
 
@@ -292,4 +298,4 @@ def test_notebooks_are_committed_clean_and_read_their_tables(name):
     src = "\n".join(c.source for c in code)
     for table in NOTEBOOK_TABLES[name]:
         assert f'"{table}.csv"' in src
-    assert pt.PAPER_SETTING in src
+    assert img_points.PAPER_SETTING in src

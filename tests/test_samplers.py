@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from baselines.samplers import cfg_velocity, ddpm_large, ddpm_large_std, ddpm_small
-from gmflow.harness.sampling import CountingModel
+from gmflow.harness.adapters import Counted, NetworkFn, model_fn
 from gmflow.schedule import sigma_grid
 
 F64 = torch.float64
@@ -69,8 +69,8 @@ class _LabelVelocity(nn.Module):
 def test_counting_model_projects_against_the_conditional_velocity():
     """The sampling wrapper's guided velocity equals v_c + (w - 1)(D - <D, v_c>/<v_c, v_c> v_c), written out here."""
     table = torch.tensor([[2.0, 0.0], [0.0, 3.0], [1.0, -1.0]])  # label 2 is the null label
-    model = CountingModel(_LabelVelocity(table), "fm", "cfg", scale=3.0, orthogonal=1.0,
-                          y=torch.tensor([0, 1]), null_label=2)
+    network = Counted(NetworkFn(_LabelVelocity(table)))
+    model = model_fn(network, "fm", "euler", "cfg", scale=3.0, orthogonal=1.0, y=torch.tensor([0, 1]), null_label=2)
     out = model(torch.zeros(2, 2), torch.full((2,), 0.5))
     expected = []
     for v_c in (table[0], table[1]):
@@ -78,7 +78,7 @@ def test_counting_model_projects_against_the_conditional_velocity():
         d_perp = d - (d @ v_c) / (v_c @ v_c) * v_c
         expected.append(v_c + 2.0 * d_perp)
     torch.testing.assert_close(out, torch.stack(expected))
-    assert model.nfe == 1 and model.forwards == 1
+    assert model.calls == 1 and network.calls == 1
 
 
 @pytest.mark.parametrize("sigma,sigma_to", [(1.0, 0.75), (0.6, 0.3), (0.3, 0.1), (0.25, 0.0), (0.5, 0.0)])

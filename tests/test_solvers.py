@@ -3,7 +3,7 @@
 Independent truths: Gaussian-mixture data whose exact posterior GM and exact velocity are known (tests/oracles.py),
 so GM-SDE is an exact sampler and GM-ODE is exact up to its Euler sub-steps; Gaussian data whose flow map is affine and
 known in closed form (convergence orders); Monte Carlo moments with tolerances from the standard error. The solvers
-work in float32, so the tolerances are float32 ones. SPEC Part A, Sec. 3.1-3.6, and Part C.
+work in float32, so the tolerances are float32 ones. docs/method.md, Sec. 4 and 6.
 """
 
 import math
@@ -152,8 +152,8 @@ def _gaussian_recondition(mu, v, x_src, s_src, x_tgt, s_tgt):
 
 
 def _reference_gm_ode_2_k1(model_fn, x1, nfe, substeps, ca):
-    """GM-ODE 2 for a K = 1 velocity model, written from SPEC Sec. 3.5-3.6 in float64: for K = 1 the masked GM
-    base x target / base IS the target N(mu+ + B, v max(1 - P/v, 1e-6)), with B = (mu+ - mu-) (h / 2 h_prev)
+    """GM-ODE 2 for a K = 1 velocity model, written from docs/method.md, Sec. 4.4-4.5 in float64: for K = 1 the masked
+    GM base x target / base IS the target N(mu+ + B, v max(1 - P/v, 1e-6)), with B = (mu+ - mu-) (h / 2 h_prev)
     sqrt(max(0, 1 - v ca / h_prev^2)) rescaled to RMS <= sqrt(v) and mu- the previous (unextrapolated) GM re-conditioned
     to the current state. Returns the samples and the damping factors used."""
     x = x1.to(F64)
@@ -187,9 +187,10 @@ def _reference_gm_ode_2_k1(model_fn, x1, nfe, substeps, ca):
 @pytest.mark.parametrize("substeps", [1, 4])
 @pytest.mark.parametrize("ca", [0.005, 0.1])
 def test_gm_ode_2_matches_reference_extrapolation_for_inexact_k1_model(ring, substeps, ca):
-    """Truth: an independent float64 implementation of the 2nd-order step (SPEC Sec. 3.6) for a K = 1 model. The model
-    is deliberately inconsistent across time (a Gaussian whose mean is the ring's posterior mean), so mu+ != mu- and
-    the extrapolation, its h / 2 h_prev factor, the damping sqrt and the cache of the UNextrapolated GM all matter."""
+    """Truth: an independent float64 implementation of the 2nd-order step (docs/method.md, Sec. 4.5) for a K = 1 model.
+    The model is deliberately inconsistent across time (a Gaussian whose mean is the ring's posterior mean), so
+    mu+ != mu- and the extrapolation, its h / 2 h_prev factor, the damping sqrt and the cache of the UNextrapolated GM
+    all matter."""
     x1 = torch.randn(512, 2, generator=_gen(17))
 
     def model_fn(x, sigma):

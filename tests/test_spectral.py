@@ -1,6 +1,6 @@
 """Spectral sampling and KR transport (gmflow/spectral.py): closed forms, brute force in float64, Monte Carlo moments.
 
-SPEC Part A, Sec. 1.2, 2.3, 3.4, 5 and 8 (items 12-14).
+docs/method.md, Sec. 2.3, 3.5, 4.3 and 5; Appendix A.3 of Chen et al. 2025.
 """
 
 import math
@@ -12,15 +12,13 @@ from scipy import stats
 from scipy.special import ndtr
 
 from gmflow.gm import GaussianMixture, IsoGaussian
+from gmflow.kr import gaussian_to_gm, gm_to_gaussian, kr_rotation
 from gmflow.schedule import sigma_grid
 from gmflow.solvers import sample_gm_sde
 from gmflow.spectral import (
     SpectrumMLP,
     crop_spectrum,
     dht2,
-    gaussian_to_gm,
-    gm_to_gaussian,
-    kr_rotation,
     sample_spectral_noise,
     spectral_loss,
     spectral_training_loss,

@@ -4,9 +4,9 @@ import re
 
 import pytest
 import yaml
+from project import validate_config
 
-from gmflow.harness.config import validate_config
-from gmflow.harness.sweeps import TAG_PATTERN, image_points, parse_tag, point_tag
+from gmflow.experiments.images.sweeps import TAG_PATTERN, image_points, parse_tag, point_tag
 
 
 def _images(sweeps, spectral=True):

@@ -15,8 +15,8 @@ import pytest
 import torch
 from torch import nn
 
+from gmflow.experiments.cli import main
 from gmflow.harness import io
-from gmflow.harness.cli import main
 from gmflow.harness.train import (
     STATE_FILE,
     LoopSettings,
@@ -54,8 +54,9 @@ def test_state_round_trip_keeps_every_value(tmp_path):
 
 
 def _train_argv(out) -> list[str]:
-    return ["train", "--dataset", "checkerboard", "--method", "fm", "--width", "8", "--depth", "1", "--steps", "3",
-            "--batch-size", "16", "--warmup-steps", "1", "--checkpoint-every", "2", "--quiet", "--out", str(out)]
+    return ["2d", "train", "--dataset", "checkerboard", "--method", "fm", "--width", "8", "--depth", "1",
+            "--steps", "3", "--batch-size", "16", "--warmup-steps", "1", "--checkpoint-every", "2", "--quiet",
+            "--out", str(out)]
 
 
 def test_crafted_pickle_state_is_never_loaded(tmp_path, capsys):

@@ -52,8 +52,9 @@ def test_dag_outputs(ci_results):
 
 @pytest.mark.workflow
 def test_image_dag_outputs(ci_results):
-    from gmflow.harness.config import validate_config
-    from gmflow.harness.sweeps import image_points
+    from project import validate_config
+
+    from gmflow.experiments.images.sweeps import image_points
 
     images = validate_config(yaml.safe_load(open(ROOT / "config/ci.yaml")))["images"]
     df = pd.read_csv(ci_results / "tables/images.csv")
@@ -97,7 +98,7 @@ def test_bad_config_fails_before_any_job(tmp_path):
 
 @pytest.mark.workflow
 def test_lfm_outputs(ci_results):
-    from gmflow.harness.config import validate_config
+    from project import validate_config
 
     cfg = validate_config(yaml.safe_load(open(ROOT / "config/ci.yaml")))["lfm"]
     n = cfg["num_blocks"]
@@ -111,7 +112,7 @@ def test_lfm_outputs(ci_results):
     assert (lfm[lfm.solver == "dopri5"].nfe >= 2 * n).all()
     for d in cfg["datasets"]:
         assert {"nll", "nll_coarse", "data_nll", "kl_estimate"} <= set(lfm[lfm.dataset == d].metric)
-        assert all((ci_results / f"lfm/{d}/block_{b}/state.safetensors").exists() for b in range(1, n + 1))
+        assert all((ci_results / f"2d/{d}/lfm/block_{b}/state.safetensors").exists() for b in range(1, n + 1))
     assert {"nll", "data_nll"} <= set(df[(df.method == "fm") & (df.dataset == "checkerboard")].metric)
     assert df.value.notna().all()
     html = (ci_results / "reports/lfm_2d.html").read_text()
@@ -120,12 +121,12 @@ def test_lfm_outputs(ci_results):
 
 @pytest.mark.workflow
 def test_lfm_block_reruns_alone(ci_results):
-    block = str(ci_results / "lfm/checkerboard/block_2/ema.safetensors")
+    block = str(ci_results / "2d/checkerboard/lfm/block_2/ema.safetensors")
     table = str(ci_results / "tables/lfm_2d.csv")
     proc = _run([table, "--forcerun", block, "--dry-run"], ci_results)
     trained = {line.split("output: ")[1].split(",")[0] for line in proc.stdout.splitlines()
                if "output: " in line and "/block_" in line and "ema.safetensors" in line}
-    assert trained == {str(ci_results / f"lfm/checkerboard/block_{b}/ema.safetensors") for b in (2, 3)}
+    assert trained == {str(ci_results / f"2d/checkerboard/lfm/block_{b}/ema.safetensors") for b in (2, 3)}
     assert "lfm_pool" not in proc.stdout and "reference_2d" not in proc.stdout
     before = os.path.getmtime(block)
     _run([table, "--forcerun", block], ci_results)
@@ -137,8 +138,9 @@ def test_lfm_block_reruns_alone(ci_results):
 def test_lfm_image_outputs(ci_results):
     """LFM on the CI images: every configured sample set with its counted NFE, the budget chain and the snapshot runs
     in the comparison table, the chain's training cost, and the rendered report."""
-    from gmflow.harness.config import validate_config
-    from gmflow.harness.lfm_config import image_sample_sets
+    from project import validate_config
+
+    from gmflow.experiments.lfm.config import image_sample_sets
 
     cfg = validate_config(yaml.safe_load(open(ROOT / "config/ci.yaml")))
     lfm, images = cfg["lfm_images"], cfg["images"]

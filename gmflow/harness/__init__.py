@@ -1,5 +1,7 @@
-"""The harness: data, networks, training loop, sampling driver, metrics, registry and CLI.
+"""Shared parts of the experiments: files and provenance, argument types, the config schema, seeding, data, networks,
+the training loop and its losses, the model adapters and the block sampling driver, features and metrics, and the
+report helpers of the notebooks.
 
-It sits above the pure method libraries (:mod:`gmflow` core and :mod:`baselines`) and is the only layer that does
-file I/O. Snakemake rules call its CLI (:mod:`gmflow.harness.cli`).
+Nothing here knows an experiment: the experiments (:mod:`gmflow.experiments`) import these parts, never the other way
+round. The method itself (:mod:`gmflow` core, :mod:`baselines`) sits below and does no file I/O.
 """

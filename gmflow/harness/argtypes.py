@@ -25,3 +25,82 @@ def positive_float(s: str) -> float:
     if not (math.isfinite(v) and v > 0):
         raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {s}")
     return v
+
+
+def unit_interval(s: str) -> float:
+    """A number in (0, 1]."""
+    v = float(s)
+    if not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {s}")
+    return v
+
+
+def substeps(s: str) -> str | int:
+    """GM-ODE sub-steps: a rule name of the registry or a positive integer."""
+    from gmflow.harness import registry
+
+    if s in registry.SUBSTEP_RULES:
+        return s
+    return positive_int(s)
+
+
+def args_record(a: argparse.Namespace) -> dict:
+    """The parsed arguments of a sub-command, for provenance records."""
+    return {k: v for k, v in vars(a).items() if k != "func"}
+
+
+def add_training_args(s: argparse.ArgumentParser, *, steps: int, batch_size: int, lr: float, warmup_steps: int,
+                      checkpoint_every: int) -> None:
+    """The options of the shared training loop (:func:`gmflow.harness.train.optimise`) and the loss."""
+    from gmflow.harness import registry
+
+    s.add_argument("--method", choices=registry.METHODS, required=True)
+    s.add_argument("--num-components", "-K", type=positive_int, default=64, help="GM components (gmflow only)")
+    s.add_argument("--trans-ratio", type=unit_interval, default=0.9, help="transition ratio lambda; 1 = plain NLL")
+    s.add_argument("--weight-scale", type=float, default=1.0)
+    s.add_argument("--grad-clip", type=float, default=0.0, help="gradient-norm clip; 0 = off")
+    s.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (none on biases and norms)")
+    s.add_argument("--steps", type=positive_int, default=steps)
+    s.add_argument("--batch-size", type=positive_int, default=batch_size)
+    s.add_argument("--lr", type=float, default=lr)
+    s.add_argument("--warmup-steps", type=nonneg_int, default=warmup_steps)
+    s.add_argument("--ema", choices=("power", "rampup"), default="power",
+                   help="EMA: 'power' (beta_n = (1 - 1/n)^(gamma+1)) or 'rampup' (the paper's ImageNet EMA)")
+    s.add_argument("--ema-gamma", type=float, default=7.0, help="power EMA exponent gamma")
+    s.add_argument("--ema-kimg", type=float, default=30000.0, help="ramp-up EMA half-life in thousands of images")
+    s.add_argument("--ema-rampup", type=float, default=0.05,
+                   help="ramp-up EMA: half-life at most this fraction of the images seen")
+    s.add_argument("--time-sampler", choices=registry.TIME_SAMPLERS, default="uniform")
+    s.add_argument("--checkpoint-every", type=positive_int, default=checkpoint_every)
+    s.add_argument("--seed", type=nonneg_int, default=0)
+    s.add_argument("--threads", type=positive_int, default=1)
+    s.add_argument("--quiet", action="store_true")
+    s.add_argument("--out", required=True, help="run folder")
+
+
+def train_config(a: argparse.Namespace, **extra):
+    """The :class:`gmflow.harness.train.TrainConfig` of parsed :func:`add_training_args` options."""
+    from gmflow.harness.train import TrainConfig
+
+    return TrainConfig(method=a.method, num_components=a.num_components, trans_ratio=a.trans_ratio,
+                       weight_scale=a.weight_scale, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
+                       warmup_steps=a.warmup_steps, ema_gamma=a.ema_gamma, ema=a.ema, ema_kimg=a.ema_kimg,
+                       ema_rampup=a.ema_rampup, time_sampler=a.time_sampler, checkpoint_every=a.checkpoint_every,
+                       seed=a.seed, grad_clip=a.grad_clip, weight_decay=a.weight_decay, **extra)
+
+
+def add_sampling_args(s: argparse.ArgumentParser, *, num_samples: int, block_size: int) -> None:
+    """The options of one sample set of a trained run (the block sampling driver)."""
+    from gmflow.harness import registry
+
+    s.add_argument("--run-dir", required=True)
+    s.add_argument("--solver", choices=sorted(registry.SOLVERS), required=True)
+    s.add_argument("--nfe", type=positive_int, required=True, help="network-evaluation budget")
+    s.add_argument("--num-samples", type=positive_int, default=num_samples)
+    s.add_argument("--block-size", type=positive_int, default=block_size, help="samples per generator stream")
+    s.add_argument("--substeps", type=substeps, default=registry.DEFAULT_SUBSTEPS,
+                   help=f"GM-ODE sub-steps: a rule ({', '.join(registry.SUBSTEP_RULES)}) or an integer")
+    s.add_argument("--seed", type=nonneg_int, default=0)
+    s.add_argument("--threads", type=positive_int, default=1)
+    s.add_argument("--quiet", action="store_true")
+    s.add_argument("--out", required=True, help="output .npz")

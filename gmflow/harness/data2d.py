@@ -21,7 +21,8 @@ def _interval_overlap(a0: np.ndarray, a1: np.ndarray, b0: float, b1: float) -> n
 
 @dataclass(frozen=True)
 class Checkerboard:
-    """Uniform density on the 8 squares ``(i + j)`` even of a 4x4 board over ``[-4, 4]^2`` (SPEC Sec. 2.5)."""
+    """Uniform density on the 8 squares ``(i + j)`` even of a 4x4 board over ``[-4, 4]^2``
+    (docs/method.md, Sec. 3.7)."""
 
     name: str = "checkerboard"
     half_width: float = 4.0

@@ -206,3 +206,11 @@ def load_images(
     if pad_to is not None:
         images = pad_images(images, pad_to)
     return to_unit_range(images), labels
+
+
+def stratified_order(labels: torch.Tensor) -> torch.Tensor:
+    """Indices that visit the classes round-robin (file order within a class), so that any prefix is class-balanced
+    (up to the smallest class)."""
+    per_class = [np.flatnonzero(labels.numpy() == c) for c in np.unique(labels.numpy())]
+    order = [i for group in zip(*per_class, strict=False) for i in group]
+    return torch.as_tensor(order, dtype=torch.long)

@@ -1,4 +1,4 @@
-"""DiT backbone (Peebles & Xie 2023) with a GM head or a velocity head: the image network of SPEC Part A, Sec. 1.1.
+"""DiT backbone (Peebles & Xie 2023) with a GM head or a velocity head: the image network of docs/method.md, Sec. 2.1.
 
 A class-conditional transformer over patches of ``x_t (B, C, H, W)``:
 
@@ -14,17 +14,18 @@ The two heads share this trunk, so GMFlow and flow matching differ only in the o
 - ``head="gm"``: the final Linear gives ``p * p * K (C + 1)`` values per token; after unpatchify the first ``K C``
   channels are the means ``(B, K, C, H, W)`` and the last ``K`` the logits, log-softmaxed over K into the logweights
   ``(B, K, 1, H, W)``. One log-std per sample ``(B, 1, 1, 1, 1)`` comes from a small MLP on ``c_emb.detach()``
-  (SiLU, Linear, SiLU, Linear), whose last layer is zero so that ``s = 1`` at init (SPEC Sec. 8.4). The output is a
-  velocity-space :class:`GaussianMixture`.
+  (SiLU, Linear, SiLU, Linear), whose last layer is zero so that ``s = 1`` at init (docs/method.md, Sec. 2.2). The
+  output is a velocity-space :class:`GaussianMixture`.
 - ``head="velocity"``: the final Linear gives ``p * p * C`` values per token: the velocity ``(B, C, H, W)``.
 
-Init (SPEC Sec. 1.1): xavier-uniform on every Linear (patch embedding and timestep MLP included), zero biases,
-N(0, 0.02) label table, adaLN modulation Linears of every block and of the final layer zeroed, the output projection
-NOT zeroed. So every block is the identity at init and the output does not depend on ``t`` or ``y`` until training moves
-the modulation weights. (The original DiT draws its timestep MLP from N(0, 0.02) and zeroes the output projection;
-GMFlow's GM-DiT uses xavier on all Linears and keeps the output projection random, which is what is done here.)
+Init (docs/method.md, Sec. 2.1): xavier-uniform on every Linear (patch embedding and timestep MLP included), zero
+biases, N(0, 0.02) label table, adaLN modulation Linears of every block and of the final layer zeroed, the output
+projection NOT zeroed. So every block is the identity at init and the output does not depend on ``t`` or ``y`` until
+training moves the modulation weights. (The original DiT draws its timestep MLP from N(0, 0.02) and zeroes the output
+projection; GMFlow's GM-DiT uses xavier on all Linears and keeps the output projection random, which is what is done
+here.)
 
-The calling convention is that of :class:`gmflow.harness.networks.MLP2D`: ``forward(x_t, t, y=None)`` with
+The calling convention is that of :class:`gmflow.harness.mlp2d.MLP2D`: ``forward(x_t, t, y=None)`` with
 ``t = 1000 sigma`` continuous, so :class:`gmflow.harness.sampling.CountingModel` drives it unchanged.
 """
 
@@ -38,7 +39,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from gmflow.gm import GaussianMixture
-from gmflow.harness.networks import timestep_embedding
+from gmflow.harness.mlp2d import timestep_embedding
 
 HEADS = ("gm", "velocity")
 
@@ -255,7 +256,7 @@ class DiT(nn.Module):
         return self.config.num_classes
 
     def reset_parameters(self) -> None:
-        """SPEC Sec. 1.1 init: xavier Linears with zero biases, N(0, 0.02) labels, adaLN-Zero, s = 1."""
+        """Init of docs/method.md, Sec. 2.1: xavier Linears with zero biases, N(0, 0.02) labels, adaLN-Zero, s = 1."""
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
@@ -340,7 +341,7 @@ DIT_VARIANTS: dict[str, DiTConfig] = {
     "dit-l-2": DiTConfig(**_IMAGENET, patch_size=2, depth=24, width=1024, num_heads=16),
     "dit-b-2": DiTConfig(**_IMAGENET, patch_size=2, depth=12, width=768, num_heads=12),
     "dit-s-2": DiTConfig(**_IMAGENET, patch_size=2, depth=12, width=384, num_heads=6, logstd_hidden=384),
-    # CPU scale, Fashion-MNIST 28x28x1 (SPEC Part E: ~0.2 s/step at patch 4, ~3.5 s/step for the small one).
+    # CPU scale, Fashion-MNIST 28x28x1 (measured on 2 CPU cores: ~0.2 s/step at patch 4, ~3.5 s/step for the small one).
     "dit-fmnist-tiny": DiTConfig(**_FMNIST, patch_size=4, depth=4, width=128, num_heads=4, logstd_hidden=128),
     "dit-fmnist-small": DiTConfig(**_FMNIST, patch_size=2, depth=6, width=192, num_heads=4, logstd_hidden=192),
     # Tests and CI: scikit-learn digits 8x8x1.

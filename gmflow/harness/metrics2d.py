@@ -1,4 +1,4 @@
-"""Metrics of 2D samples against a dataset with an exact density (SPEC Part D).
+"""Metrics of 2D samples against a dataset with an exact density (docs/method.md, Sec. 8.4).
 
 Pure functions of arrays: the histogram total variation against exact bin masses, sliced Wasserstein-2, the fraction
 of samples inside the support, and k-NN precision / recall (Kynkaanniemi et al. 2019) on coordinates.
@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 from sklearn.neighbors import NearestNeighbors
+
+from gmflow.harness.data2d import get_dataset_2d
 
 
 def histogram_tv(x: np.ndarray, true_mass: np.ndarray, lo: float = -4.2, hi: float = 4.2) -> float:
@@ -57,3 +59,35 @@ def knn_precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> tupl
     precision = manifold_coverage(real, knn_radii(real, k), fake)
     recall = manifold_coverage(fake, knn_radii(fake, k), real)
     return precision, recall
+
+
+WINDOW = (-4.2, 4.2)
+
+
+def metrics_2d(dataset: str, samples: np.ndarray, reference: np.ndarray, knn_points: int = 10000,
+               seed: int = 0) -> dict[str, float]:
+    """All 2D metrics of ``samples (N, 2)``; ``reference`` is an independent exact sample of the data."""
+    ds = get_dataset_2d(dataset)
+    x = samples.reshape(len(samples), -1).astype(np.float64)
+    finite = np.isfinite(x).all(1)
+    out = {"finite_fraction": float(finite.mean())}
+    x = np.where(finite[:, None], x, 1e6)  # a non-finite sample counts as far outside
+    for bins in (200, 50):
+        edges = np.linspace(*WINDOW, bins + 1)
+        out[f"tv_hist{bins}"] = float(histogram_tv(x, ds.bin_mass(edges), *WINDOW))
+    out["sliced_w2"] = sliced_wasserstein2(x, reference, seed=seed)
+    out["support_fraction"] = float(ds.in_support(x).mean())
+    n = min(knn_points, len(x), len(reference))
+    rng = np.random.default_rng(seed)
+    xi, ri = rng.choice(len(x), n, replace=False), rng.choice(len(reference), n, replace=False)
+    out["precision"], out["recall"] = knn_precision_recall(reference[ri], x[xi], k=3)
+    return out
+
+
+def metric_rows_2d(samples: np.ndarray, record: dict, reference: np.ndarray, knn_points: int):
+    """Long-format rows (:data:`gmflow.harness.tables.COLUMNS_2D`) of every 2D metric of a sample set; the features
+    are the coordinates."""
+    from gmflow.harness.tables import COLUMNS_2D, metric_rows
+
+    metrics = metrics_2d(record["dataset"], samples, reference, knn_points, seed=record["seed"])
+    return metric_rows(record, metrics, COLUMNS_2D, "coords")

@@ -1,4 +1,5 @@
-"""Image metrics in two stages (SPEC Part D): features once per sample set, then pure functions of arrays.
+"""Image metrics in two stages (docs/method.md, Sec. 8.1-8.3): features once per sample set,
+then pure functions of arrays.
 
 Stage 1 (``feature_set``, ``save_feature_set``): a sample set of uint8 images becomes one npz holding the extractor's
 features (N, D) and per-image pixel statistics; a dataset's reference set is the same file plus its FID statistics
@@ -171,7 +172,8 @@ def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> tuple[fl
 
 
 def saturation_analogues(real: dict[str, np.ndarray], fake: dict[str, np.ndarray]) -> dict[str, float]:
-    """Grayscale stand-ins for [P] Table 2's saturation, each "generated minus real" mean of ``pixel_statistics``.
+    """Grayscale stand-ins for the saturation of the paper's Table 2, each "generated minus real" mean of
+    ``pixel_statistics``.
 
     Keys: ``clipped`` (fraction of pixels at 0 or 255), ``clipped_low``, ``clipped_high``, ``contrast`` (per-image std)
     and ``intensity`` (mean pixel value), all with the suffix ``_diff``.

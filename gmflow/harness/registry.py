@@ -8,9 +8,6 @@ from __future__ import annotations
 
 from baselines.diffusers_samplers import DIFFUSERS_SOLVERS
 from baselines.samplers import FLOW_SOLVERS as _OWN_FLOW_SOLVERS
-from gmflow.harness.data_images import IMAGE_DATASETS as _IMAGE_DATASETS
-from gmflow.harness.dit import DIT_VARIANTS
-from gmflow.harness.features import FEATURE_EXTRACTORS as _IMAGE_FEATURE_EXTRACTORS
 from gmflow.schedule import ceil128_substeps, paper_substeps
 from gmflow.solvers import GM_SOLVERS
 
@@ -22,15 +19,24 @@ SOLVERS_BY_METHOD = {"gmflow": GM_SOLVERS, "fm": FLOW_SOLVERS}
 APPLICABLE_SOLVERS = {"gmflow": {**GM_SOLVERS, **FLOW_SOLVERS}, "fm": FLOW_SOLVERS}
 SOLVERS = {**GM_SOLVERS, **FLOW_SOLVERS}
 GM_SOLVERS_KEYS = tuple(GM_SOLVERS)
+GM_ODE_SOLVERS = ("gm-ode", "gm-ode-2")  # take analytic sub-steps
+GM_SDE_SOLVERS = ("gm-sde", "gm-sde-2")  # take an x0 sampler (spectral sampling)
 GUIDANCE = ("none", "probabilistic", "cfg")
 DATASETS_2D = ("checkerboard", "gmm2d")
-IMAGE_DATASETS = tuple(_IMAGE_DATASETS)
+# Keys of modules that are slow to import (tests/test_registry.py checks them against the modules themselves)
+IMAGE_DATASETS = ("fashion-mnist", "digits")
+IMAGE_NETWORKS = ("dit-xl-2", "dit-l-2", "dit-b-2", "dit-s-2", "dit-fmnist-tiny", "dit-fmnist-small", "dit-digits-tiny")
 DATASETS = DATASETS_2D + IMAGE_DATASETS
 NETWORKS_2D = ("mlp2d",)
-IMAGE_NETWORKS = tuple(DIT_VARIANTS)
 NETWORKS = NETWORKS_2D + IMAGE_NETWORKS
-FEATURE_EXTRACTORS = ("coords", *_IMAGE_FEATURE_EXTRACTORS)
+INCEPTION_TF = "inception-tf"
+FEATURE_EXTRACTORS = ("coords", INCEPTION_TF, *(f"classifier-{d}" for d in IMAGE_DATASETS))
 TIME_SAMPLERS = ("uniform", "logit-normal")
+
+
+def is_gm_solver(solver: str) -> bool:
+    return solver in GM_SOLVERS
+
 
 # Solvers that call the network more than once per step: the sampling driver gives them the most steps that fit
 # the NFE budget and reports the measured count.

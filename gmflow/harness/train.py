@@ -14,10 +14,8 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from baselines.fm import fm_loss, fm_pair
 from gmflow.harness import io
-from gmflow.loss import sample_transition_pair, transition_loss
-from gmflow.schedule import shift_sigma, sigma_to_timestep
+from gmflow.harness.losses import LossFn
 
 STATE_FILE = "state.safetensors"  # resumable training state (safetensors + JSON header; never a pickle)
 
@@ -65,17 +63,6 @@ class TrainConfig:
             raise ValueError(f"ema must be one of {EMA_KINDS}, got {self.ema!r}")
 
 
-def sample_sigma(n: int, kind: str, shift: float, generator: torch.Generator) -> Tensor:
-    """Training noise levels (SPEC Sec. 2.1): ``1 - U[0,1)`` or ``sigmoid(N(0,1))``, shifted, clamped >= 1e-4."""
-    if kind == "uniform":
-        s = 1 - torch.rand(n, generator=generator)
-    elif kind == "logit-normal":
-        s = torch.sigmoid(torch.randn(n, generator=generator))
-    else:
-        raise ValueError(f"unknown time sampler {kind!r}; use 'uniform' or 'logit-normal'")
-    return shift_sigma(s, shift).clamp(min=1e-4, max=1.0)
-
-
 EMA_KINDS = ("power", "rampup")
 
 
@@ -109,35 +96,12 @@ def decay_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def drop_labels(y: Tensor, p: float, null_label: int, generator: torch.Generator) -> Tensor:
-    """Replace each label by ``null_label`` with probability ``p`` (SPEC Sec. 2.4: 10% dropout, in the data path)."""
+    """Replace each label by ``null_label`` with probability ``p``
+    (docs/method.md, Sec. 3.6: 10% dropout, in the data path)."""
     if p <= 0:
         return y
     drop = torch.rand(y.shape, generator=generator) < p
     return torch.where(drop, torch.full_like(y, null_label), y)
-
-
-def training_loss(net: nn.Module, cfg: TrainConfig, x0: Tensor, generator: torch.Generator, y: Tensor | None = None,
-                  spectrum_net: nn.Module | None = None) -> Tensor:
-    """Per-sample loss of one batch for either method (same time sampling and noise for both).
-
-    ``y`` are class labels (already dropped to the null class where chosen) or None for unconditional data. With a
-    ``spectrum_net`` (GMFlow only) the spectral loss of SPEC Sec. 2.3 is added; its gradient reaches only that net.
-    """
-    sigma = sample_sigma(x0.shape[0], cfg.time_sampler, cfg.time_shift, generator).to(x0)
-    eps0 = torch.randn(x0.shape, generator=generator).to(x0)
-    cond = () if y is None else (y,)
-    if cfg.method == "fm":
-        x_t, u = fm_pair(x0, eps0, sigma)
-        return fm_loss(net(x_t, sigma_to_timestep(sigma), *cond), u)
-    eps1 = torch.randn(x0.shape, generator=generator).to(x0)
-    pair = sample_transition_pair(x0, sigma, cfg.trans_ratio, eps0, eps1)
-    gm_u = net(pair.x_high, sigma_to_timestep(sigma), *cond)
-    loss = transition_loss(gm_u, pair) * cfg.weight_scale
-    if spectrum_net is not None:
-        from gmflow.spectral import spectral_training_loss
-
-        loss = loss + spectral_training_loss(spectrum_net, gm_u, x0, pair.x_high, sigma, cfg.spectral_weight)
-    return loss
 
 
 class _Bundle(nn.Module):
@@ -163,6 +127,14 @@ class LoopSettings:
     ema_kimg: float = 30000.0
     ema_rampup: float = 0.05
     batch_size: int = 1
+    schedule: str = "constant"
+
+    def lr_factor(self, i: int) -> float:
+        """Learning-rate factor after ``i`` steps: linear warm-up from 0.001x, then constant or a cosine decay to 0."""
+        warm = max(self.warmup_steps, 1)
+        if i < warm or self.schedule == "constant":
+            return min(1.0, 0.001 + (1 - 0.001) * i / warm)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (i - warm) / max(self.steps - warm, 1))))
 
     def ema_beta(self, step: int) -> float:
         """The EMA decay after ``step`` steps: power function of ``ema_gamma`` or ramp-up over images seen."""
@@ -180,6 +152,7 @@ class LoopResult:
     start: int
     loss: float
     elapsed: float
+    losses: list[float]
 
 
 def optimise(
@@ -197,8 +170,8 @@ def optimise(
     what: str = "",
 ) -> LoopResult:
     """The optimisation loop shared by every trainer: AdamW (no decay on biases and norms) with a linear warm-up from
-    0.001x, gradient-norm clipping, an EMA (power-function or ramp-up), a progress bar, ``train_log.csv`` and a
-    resumable ``out_dir/state.safetensors``.
+    0.001x (then constant or cosine, ``settings.schedule``), gradient-norm clipping, an EMA (power-function or
+    ramp-up), a progress bar, ``train_log.csv`` and a resumable ``out_dir/state.safetensors``.
 
     ``step_loss()`` draws one batch from ``gen`` and returns the scalar loss of ``model``. ``at_step(step, ema,
     seconds)`` runs after each step's EMA update (snapshots).
@@ -211,8 +184,7 @@ def optimise(
     """
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(decay_param_groups(model, settings.weight_decay), lr=settings.lr)
-    warm = max(settings.warmup_steps, 1)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, 0.001 + (1 - 0.001) * i / warm))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: settings.lr_factor(i))
     start, elapsed, loss_value = 0, 0.0, float("nan")
     state_path, log_path = out_dir / STATE_FILE, out_dir / "train_log.csv"
     if (out_dir / "state.pt").exists():
@@ -245,10 +217,11 @@ def optimise(
 
     pbar = tqdm(range(start, settings.steps), initial=start, total=settings.steps, disable=not progress, desc=desc,
                 mininterval=5)
-    log_rows, t0 = [], time.perf_counter()
+    log_rows, losses, t0 = [], [], time.perf_counter()
     for step in pbar:
         loss = step_loss()
         loss_value = loss.item()
+        losses.append(loss_value)
         if not math.isfinite(loss_value):
             raise FloatingPointError(f"non-finite loss {loss_value} at step {step + 1}{what}")
         opt.zero_grad(set_to_none=True)
@@ -274,7 +247,7 @@ def optimise(
     _append_log(log_path, log_rows)
     if settings.steps > start:
         checkpoint(settings.steps, elapsed)
-    return LoopResult(ema, start, loss_value, elapsed)
+    return LoopResult(ema, start, loss_value, elapsed, losses)
 
 
 def train(
@@ -282,14 +255,16 @@ def train(
     cfg: TrainConfig,
     sample_batch: Callable[[int, torch.Generator], Tensor | tuple[Tensor, Tensor]],
     out_dir: str | Path,
+    loss_fn: LossFn,
     progress: bool = True,
     spectrum_net: nn.Module | None = None,
 ) -> dict:
-    """Train ``net`` and write ``out_dir/{model,ema}.safetensors``, ``train_log.csv`` and ``provenance.json``.
+    """Train ``net`` with ``loss_fn`` (:mod:`gmflow.harness.losses`) and write ``out_dir/{model,ema}.safetensors``
+    and ``train_log.csv``.
 
     ``sample_batch(n, generator)`` returns ``x0`` or ``(x0, labels)``; labels are dropped to ``cfg.null_label`` with
-    probability ``cfg.label_dropout``. A ``spectrum_net`` is trained alongside (same optimiser) and saved as
-    ``spectrum_ema.safetensors``.
+    probability ``cfg.label_dropout``. A ``spectrum_net`` (which ``loss_fn`` trains) shares the optimiser and the EMA
+    and is saved as ``spectrum_ema.safetensors``.
 
     Resumable (:func:`optimise`): a killed run started again continues from its last checkpoint; a state saved with
     other settings (all but ``steps``, ``checkpoint_every`` and ``snapshot_steps``) is discarded, not continued.
@@ -312,7 +287,7 @@ def train(
         x0, y = batch if isinstance(batch, tuple) else (batch, None)
         if y is not None:
             y = drop_labels(y, cfg.label_dropout, cfg.null_label, gen)
-        return training_loss(net, cfg, x0, gen, y, spectrum_net).mean()
+        return loss_fn(net, x0, y, gen).mean()
 
     def snapshot(step: int, ema_bundle: nn.Module, seconds: float) -> None:
         if step not in cfg.snapshot_steps:

@@ -4,11 +4,11 @@ import sys
 
 sys.path.insert(0, workflow.basedir)
 
+from gmflow.experiments.config import validate_config
+from gmflow.experiments.images.sweeps import TAG_PATTERN, image_points, parse_tag
 from gmflow.harness import registry
-from gmflow.harness.config import validate_config
-from gmflow.harness.sweeps import TAG_PATTERN, image_points, parse_tag
 
-validate_config(config)
+validate_config(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml")
 
 RES = config["results"]
 TOY = config.get("toy")
@@ -18,7 +18,7 @@ ROOT = workflow.basedir
 # Every rule calls the project's CLI with the python on PATH (the set-up script puts .venv/bin first; a conda env
 # from environment.yml also works). PYTHONPATH makes the checkout importable without installation.
 PY = f"PYTHONPATH={ROOT}:${{PYTHONPATH:-}} python"
-CLI = f"{PY} -m gmflow.harness.cli"
+CLI = f"{PY} -m gmflow.experiments.cli"
 ENV = f"{ROOT}/environment.yml"
 
 

@@ -13,7 +13,7 @@ rule reference_2d:
     resources:
         mem_mb=1000,
     shell:
-        "{CLI} prepare-data --dataset {wildcards.dataset} --num-samples {params.n} --seed {wildcards.seed}"
+        "{CLI} 2d prepare-data --dataset {wildcards.dataset} --num-samples {params.n} --seed {wildcards.seed}"
         " --out {output} > {log} 2>&1"
 
 
@@ -29,7 +29,7 @@ rule exact_2d:
     conda:
         ENV
     shell:
-        "{CLI} prepare-data --dataset {wildcards.dataset} --num-samples {params.n} --seed {params.stream}"
+        "{CLI} 2d prepare-data --dataset {wildcards.dataset} --num-samples {params.n} --seed {params.stream}"
         " --out {output} > {log} 2>&1"
 
 
@@ -48,7 +48,7 @@ rule classifier_images:
     conda:
         ENV
     shell:
-        "{CLI} train-classifier --dataset {wildcards.dataset} --epochs {params.c[epochs]}"
+        "{CLI} images train-classifier --dataset {wildcards.dataset} --epochs {params.c[epochs]}"
         " --batch-size {params.c[batch_size]} --lr {params.c[lr]} {params.root} --threads {threads}"
         " --out {output} > {log} 2>&1"
 
@@ -76,6 +76,6 @@ rule reference_features_images:
     conda:
         ENV
     shell:
-        "{CLI} reference-features --dataset {wildcards.dataset} --extractor {wildcards.extractor} {params.cls}"
+        "{CLI} images reference-features --dataset {wildcards.dataset} --extractor {wildcards.extractor} {params.cls}"
         " --split {params.r[split]} --num-images {params.n} {params.root} --threads {threads} --out {output}"
         " > {log} 2>&1"

@@ -15,7 +15,7 @@ rule evaluate_reference_2d:
     conda:
         ENV
     shell:
-        "{CLI} evaluate --samples {input.samples} --reference {input.reference} --dataset {wildcards.dataset}"
+        "{CLI} 2d evaluate --samples {input.samples} --reference {input.reference} --dataset {wildcards.dataset}"
         " --seed {wildcards.seed} --knn-points {params.knn} --out {output} > {log} 2>&1"
 
 
@@ -39,7 +39,7 @@ rule evaluate_images:
     conda:
         ENV
     shell:
-        "{CLI} evaluate-images --samples '{input.samples}' --reference {input.reference}"
+        "{CLI} images evaluate --samples '{input.samples}' --reference {input.reference}"
         " --extractor {wildcards.extractor} {params.cls} --kid-subset-size {params.kid} --threads {threads}"
         " --features-out '{output.features}' --out '{output.metrics}' > '{log}' 2>&1"
 
@@ -59,6 +59,6 @@ rule nll_images:
     conda:
         ENV
     shell:
-        "{CLI} nll --run-dir {params.run_dir} --num-images {params.n[num_images]}"
+        "{CLI} images nll --run-dir {params.run_dir} --num-images {params.n[num_images]}"
         " --times-per-image {params.n[times_per_image]} --seed {wildcards.seed} {params.root} --threads {threads}"
         " --out {output} > {log} 2>&1"

@@ -1,17 +1,17 @@
-# Local Flow Matching (SPEC Part B), a baseline of the 2D experiment. Every block is its own job: it trains on its
-# pool (warm-started from the block before) and its pool is pushed through it by dopri5. The cached outputs make a
-# chain resume at the block where it stopped, and one block can be rerun alone (with what depends on it):
-#   {RES}/lfm/{dataset}/pool_0.npz             exact training sample
-#   {RES}/lfm/{dataset}/block_{n}/             block n trained on pool_{n-1}: ema.safetensors, run.json (state.safetensors)
-#   {RES}/lfm/{dataset}/pool_{n}.npz (+ .json) pool_{n-1} pushed through block n (counted NFE, seconds)
-#   {RES}/lfm/{dataset}/student_{n}/           one-step student of block n (teacher pairs pool_n -> pool_{n-1})
-#   {RES}/lfm/{dataset}/samples|metrics/{solver}_{setting}_seed{seed}.npz|.csv, setting nfe{per block} or tol{tol}
-#   {RES}/lfm/{dataset}/metrics/nll_seed{seed}.csv    exact NLL of held-out points and its gap to the data entropy
+# Local Flow Matching (docs/method.md, Sec. 7), a baseline of the 2D experiment. Every block is its own job: it trains
+# on its pool (warm-started from the block before) and its pool is pushed through it by dopri5. The cached outputs make
+# a chain resume at the block where it stopped, and one block can be rerun alone (with what depends on it):
+#   {RES}/2d/{dataset}/lfm/pool_0.npz             exact training sample
+#   {RES}/2d/{dataset}/lfm/block_{n}/             block n trained on pool_{n-1}: ema.safetensors, run.json (state.safetensors)
+#   {RES}/2d/{dataset}/lfm/pool_{n}.npz (+ .json) pool_{n-1} pushed through block n (counted NFE, seconds)
+#   {RES}/2d/{dataset}/lfm/student_{n}/           one-step student of block n (teacher pairs pool_n -> pool_{n-1})
+#   {RES}/2d/{dataset}/lfm/samples|metrics/{solver}_{setting}_seed{seed}.npz|.csv, setting nfe{per block} or tol{tol}
+#   {RES}/2d/{dataset}/lfm/metrics/nll_seed{seed}.csv    exact NLL of held-out points and its gap to the data entropy
 #                                                     (dopri5 by default; repeated at 10x the tolerance as a check)
-#   {RES}/lfm/{dataset}/metrics/nll-flow_{run}_seed{seed}.csv   the same for the 2D sweep's flow-matching runs
+#   {RES}/2d/{dataset}/lfm/metrics/nll-flow_{run}_seed{seed}.csv   the same for the 2D sweep's flow-matching runs
 # Needs common.smk (RES, CLI, PY, ENV, THREADS) and data.smk (reference_2d); included after them.
-from gmflow.harness.lfm_cli import SAMPLE_SOLVERS as LFM_SOLVERS
-from gmflow.harness.lfm_config import POOL_STREAM, sample_settings
+from gmflow.experiments.lfm.chain import SAMPLE_SOLVERS as LFM_SOLVERS
+from gmflow.experiments.lfm.config import POOL_STREAM, sample_settings
 
 LFM = config.get("lfm")
 
@@ -23,7 +23,7 @@ def lfm_blocks():
 def lfm_chain(dataset, solver):
     """The folders of blocks 1..N (students for the distilled chain), block 1 first."""
     kind = "student" if solver == "distilled" else "block"
-    return [f"{RES}/lfm/{dataset}/{kind}_{n}" for n in lfm_blocks()]
+    return [f"{RES}/2d/{dataset}/lfm/{kind}_{n}" for n in lfm_blocks()]
 
 
 def lfm_chain_weights(w):
@@ -44,10 +44,10 @@ def lfm_metric_files():
     files = []
     for d in LFM["datasets"]:
         for seed in LFM["sample"]["seeds"]:
-            files += [f"{RES}/lfm/{d}/metrics/{s}_{setting}_seed{seed}.csv" for s, setting in sample_settings(LFM)]
+            files += [f"{RES}/2d/{d}/lfm/metrics/{s}_{setting}_seed{seed}.csv" for s, setting in sample_settings(LFM)]
             if LFM["nll"]["num_points"] > 0:
-                files.append(f"{RES}/lfm/{d}/metrics/nll_seed{seed}.csv")
-                files += [f"{RES}/lfm/{d}/metrics/nll-flow_{run}_seed{seed}.csv" for run in lfm_flow_runs(d)]
+                files.append(f"{RES}/2d/{d}/lfm/metrics/nll_seed{seed}.csv")
+                files += [f"{RES}/2d/{d}/lfm/metrics/nll-flow_{run}_seed{seed}.csv" for run in lfm_flow_runs(d)]
     return files
 
 
@@ -63,10 +63,10 @@ def lfm_report_inputs():
     pushed = range(1, N + 1) if LFM["distill"]["steps"] > 0 else range(1, N)
     files = []
     for d in LFM["datasets"]:
-        files += [f"{RES}/lfm/{d}/block_{n}/run.json" for n in lfm_blocks()]
-        files += [f"{RES}/lfm/{d}/pool_{n}.json" for n in pushed]
+        files += [f"{RES}/2d/{d}/lfm/block_{n}/run.json" for n in lfm_blocks()]
+        files += [f"{RES}/2d/{d}/lfm/pool_{n}.json" for n in pushed]
         if LFM["distill"]["steps"] > 0:
-            files += [f"{RES}/lfm/{d}/student_{n}/run.json" for n in lfm_blocks()]
+            files += [f"{RES}/2d/{d}/lfm/student_{n}/run.json" for n in lfm_blocks()]
     return files
 
 
@@ -78,7 +78,7 @@ def lfm_final_targets():
 rule lfm_pool:
     # pool_0: the finite training sample of the chain (data stream POOL_STREAM + seed, disjoint from the references)
     output:
-        f"{RES}/lfm/{{dataset}}/pool_0.npz",
+        f"{RES}/2d/{{dataset}}/lfm/pool_0.npz",
     log:
         f"{RES}/logs/lfm/pool_{{dataset}}.log",
     params:
@@ -89,7 +89,7 @@ rule lfm_pool:
     resources:
         mem_mb=1000,
     shell:
-        "{CLI} prepare-data --dataset {wildcards.dataset} --num-samples {params.n} --seed {params.stream}"
+        "{CLI} 2d prepare-data --dataset {wildcards.dataset} --num-samples {params.n} --seed {params.stream}"
         " --out {output} > {log} 2>&1"
 
 
@@ -97,11 +97,11 @@ rule lfm_train_block:
     # resumable from block_{n}/state.safetensors (kept across job restarts; dropped when the pool, the warm start or a
     # setting other than the step count changed)
     input:
-        pool=lambda w: f"{RES}/lfm/{w.dataset}/pool_{int(w.n) - 1}.npz",
-        init=lambda w: [f"{RES}/lfm/{w.dataset}/block_{int(w.n) - 1}/ema.safetensors"] if int(w.n) > 1 else [],
+        pool=lambda w: f"{RES}/2d/{w.dataset}/lfm/pool_{int(w.n) - 1}.npz",
+        init=lambda w: [f"{RES}/2d/{w.dataset}/lfm/block_{int(w.n) - 1}/ema.safetensors"] if int(w.n) > 1 else [],
     output:
-        weights=f"{RES}/lfm/{{dataset}}/block_{{n}}/ema.safetensors",
-        spec=f"{RES}/lfm/{{dataset}}/block_{{n}}/run.json",
+        weights=f"{RES}/2d/{{dataset}}/lfm/block_{{n}}/ema.safetensors",
+        spec=f"{RES}/2d/{{dataset}}/lfm/block_{{n}}/run.json",
     wildcard_constraints:
         n=r"[1-9]\d*",
     log:
@@ -112,14 +112,14 @@ rule lfm_train_block:
         L=lambda w: LFM,
         t=lambda w: LFM["train"],
         init=lambda w, input: f"--init-from {input.init[0]}" if input.init else "",
-        out=lambda w: f"{RES}/lfm/{w.dataset}/block_{w.n}",
+        out=lambda w: f"{RES}/2d/{w.dataset}/lfm/block_{w.n}",
     threads: THREADS
     conda:
         ENV
     resources:
         mem_mb=2000,
     shell:
-        "{CLI} lfm-train-block --dataset {wildcards.dataset} --block {wildcards.n} --num-blocks {params.L[num_blocks]}"
+        "{CLI} lfm train-block --dataset {wildcards.dataset} --block {wildcards.n} --num-blocks {params.L[num_blocks]}"
         " --step-c {params.L[step_c]} --step-rho {params.L[step_rho]} --interpolant {params.L[interpolant]}"
         " --pool {input.pool} {params.init} --width {params.t[width]} --depth {params.t[depth]}"
         " --steps {params.t[steps_per_block]} --batch-size {params.t[batch_size]} --lr {params.t[lr]}"
@@ -131,11 +131,11 @@ rule lfm_train_block:
 rule lfm_push:
     # pool_n = block n's pool pushed through it (t: 0 -> 1); pool_N (through the free block) feeds distillation only
     input:
-        weights=f"{RES}/lfm/{{dataset}}/block_{{n}}/ema.safetensors",
-        pool=lambda w: f"{RES}/lfm/{w.dataset}/pool_{int(w.n) - 1}.npz",
+        weights=f"{RES}/2d/{{dataset}}/lfm/block_{{n}}/ema.safetensors",
+        pool=lambda w: f"{RES}/2d/{w.dataset}/lfm/pool_{int(w.n) - 1}.npz",
     output:
-        pool=f"{RES}/lfm/{{dataset}}/pool_{{n}}.npz",
-        record=f"{RES}/lfm/{{dataset}}/pool_{{n}}.json",
+        pool=f"{RES}/2d/{{dataset}}/lfm/pool_{{n}}.npz",
+        record=f"{RES}/2d/{{dataset}}/lfm/pool_{{n}}.json",
     wildcard_constraints:
         n=r"[1-9]\d*",
     log:
@@ -144,14 +144,14 @@ rule lfm_push:
         f"{RES}/benchmarks/lfm/push_{{dataset}}_block{{n}}.tsv"
     params:
         p=lambda w: LFM["push"],
-        block=lambda w: f"{RES}/lfm/{w.dataset}/block_{w.n}",
+        block=lambda w: f"{RES}/2d/{w.dataset}/lfm/block_{w.n}",
     threads: THREADS
     conda:
         ENV
     resources:
         mem_mb=2000,
     shell:
-        "{CLI} lfm-push --block-dir {params.block} --pool {input.pool} --solver dopri5 --rtol {params.p[rtol]}"
+        "{CLI} lfm push --block-dir {params.block} --pool {input.pool} --solver dopri5 --rtol {params.p[rtol]}"
         " --atol {params.p[atol]} --batch-size {params.p[batch_size]} --threads {threads} --quiet"
         " --out {output.pool} > {log} 2>&1"
 
@@ -159,12 +159,12 @@ rule lfm_push:
 rule lfm_distill:
     # teacher pairs (pool_n, pool_{n-1}) are block n's dopri5 flow on its pool: no extra teacher solves
     input:
-        weights=f"{RES}/lfm/{{dataset}}/block_{{n}}/ema.safetensors",
-        pool_in=lambda w: f"{RES}/lfm/{w.dataset}/pool_{int(w.n) - 1}.npz",
-        pool_out=f"{RES}/lfm/{{dataset}}/pool_{{n}}.npz",
+        weights=f"{RES}/2d/{{dataset}}/lfm/block_{{n}}/ema.safetensors",
+        pool_in=lambda w: f"{RES}/2d/{w.dataset}/lfm/pool_{int(w.n) - 1}.npz",
+        pool_out=f"{RES}/2d/{{dataset}}/lfm/pool_{{n}}.npz",
     output:
-        weights=f"{RES}/lfm/{{dataset}}/student_{{n}}/student.safetensors",
-        spec=f"{RES}/lfm/{{dataset}}/student_{{n}}/run.json",
+        weights=f"{RES}/2d/{{dataset}}/lfm/student_{{n}}/student.safetensors",
+        spec=f"{RES}/2d/{{dataset}}/lfm/student_{{n}}/run.json",
     wildcard_constraints:
         n=r"[1-9]\d*",
     log:
@@ -174,15 +174,15 @@ rule lfm_distill:
     params:
         d=lambda w: LFM["distill"],
         seed=lambda w: LFM["train"]["seed"],
-        block=lambda w: f"{RES}/lfm/{w.dataset}/block_{w.n}",
-        out=lambda w: f"{RES}/lfm/{w.dataset}/student_{w.n}",
+        block=lambda w: f"{RES}/2d/{w.dataset}/lfm/block_{w.n}",
+        out=lambda w: f"{RES}/2d/{w.dataset}/lfm/student_{w.n}",
     threads: THREADS
     conda:
         ENV
     resources:
         mem_mb=2000,
     shell:
-        "{CLI} lfm-distill --blocks {params.block} --pool-in {input.pool_in} --pool-out {input.pool_out}"
+        "{CLI} lfm distill --blocks {params.block} --pool-in {input.pool_in} --pool-out {input.pool_out}"
         " --steps {params.d[steps]} --batch-size {params.d[batch_size]} --lr {params.d[lr]}"
         " --warmup-steps {params.d[warmup_steps]} --seed {params.seed} --threads {threads} --quiet"
         " --out {params.out} > {log} 2>&1"
@@ -194,8 +194,8 @@ rule lfm_sample:
         chain=lfm_chain_weights,
         reference=f"{RES}/2d/{{dataset}}/reference_seed{{seed}}.npz",
     output:
-        samples=f"{RES}/lfm/{{dataset}}/samples/{{lfm_solver}}_{{setting}}_seed{{seed}}.npz",
-        metrics=f"{RES}/lfm/{{dataset}}/metrics/{{lfm_solver}}_{{setting}}_seed{{seed}}.csv",
+        samples=f"{RES}/2d/{{dataset}}/lfm/samples/{{lfm_solver}}_{{setting}}_seed{{seed}}.npz",
+        metrics=f"{RES}/2d/{{dataset}}/lfm/metrics/{{lfm_solver}}_{{setting}}_seed{{seed}}.csv",
     wildcard_constraints:
         lfm_solver="|".join(LFM_SOLVERS),
         setting=r"nfe\d+|tol[0-9.e+-]+",
@@ -213,7 +213,7 @@ rule lfm_sample:
     resources:
         mem_mb=3000,
     shell:
-        "{CLI} lfm-sample --blocks {params.chain} --solver {wildcards.lfm_solver} {params.opts}"
+        "{CLI} lfm sample --blocks {params.chain} --solver {wildcards.lfm_solver} {params.opts}"
         " --num-samples {params.s[num_samples]} --block-size {params.s[block_size]} --seed {wildcards.seed}"
         " --reference {input.reference} --knn-points {params.s[knn_points]} --threads {threads} --quiet"
         " --metrics-out {output.metrics} --out {output.samples} > {log} 2>&1"
@@ -224,7 +224,7 @@ rule lfm_nll:
         chain=lambda w: [f"{d}/ema.safetensors" for d in lfm_chain(w.dataset, "block")],
         reference=f"{RES}/2d/{{dataset}}/reference_seed{{seed}}.npz",
     output:
-        f"{RES}/lfm/{{dataset}}/metrics/nll_seed{{seed}}.csv",
+        f"{RES}/2d/{{dataset}}/lfm/metrics/nll_seed{{seed}}.csv",
     log:
         f"{RES}/logs/lfm/nll_{{dataset}}_seed{{seed}}.log",
     benchmark:
@@ -238,7 +238,7 @@ rule lfm_nll:
     resources:
         mem_mb=2000,
     shell:
-        "{CLI} lfm-nll --blocks {params.chain} --reference {input.reference} --num-points {params.n[num_points]}"
+        "{CLI} lfm nll --blocks {params.chain} --reference {input.reference} --num-points {params.n[num_points]}"
         " --method {params.n[method]} --num-steps {params.n[num_steps]} --tol {params.n[tol]} --seed {wildcards.seed}"
         " --threads {threads} --out {output} > {log} 2>&1"
 
@@ -250,7 +250,7 @@ rule lfm_nll_flow:
         spec=f"{RES}/2d/{{dataset}}/{{run}}/run.json",
         reference=f"{RES}/2d/{{dataset}}/reference_seed{{seed}}.npz",
     output:
-        f"{RES}/lfm/{{dataset}}/metrics/nll-flow_{{run}}_seed{{seed}}.csv",
+        f"{RES}/2d/{{dataset}}/lfm/metrics/nll-flow_{{run}}_seed{{seed}}.csv",
     log:
         f"{RES}/logs/lfm/nll-flow_{{dataset}}_{{run}}_seed{{seed}}.log",
     benchmark:
@@ -265,7 +265,7 @@ rule lfm_nll_flow:
     resources:
         mem_mb=2000,
     shell:
-        "{CLI} lfm-nll --flow-run {params.run_dir} --reference {input.reference} --num-points {params.n[num_points]}"
+        "{CLI} lfm nll --flow-run {params.run_dir} --reference {input.reference} --num-points {params.n[num_points]}"
         " --method {params.n[method]} --num-steps {params.steps} --tol {params.n[tol]} --seed {wildcards.seed}"
         " --threads {threads} --out {output} > {log} 2>&1"
 

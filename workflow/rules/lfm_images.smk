@@ -1,6 +1,6 @@
-# Local Flow Matching on the image dataset (SPEC Part B), beside flow matching and GMFlow at equal training samples.
-# The blocks are the image runs' DiT with its velocity head, class-conditional with label dropout, trained with the
-# image recipe (images.train); a chain's training steps in total equal the image runs' (images.train.steps), split
+# Local Flow Matching on the image dataset (docs/method.md, Sec. 7), beside flow matching and GMFlow at equal training
+# samples. The blocks are the image runs' DiT with its velocity head, class-conditional with label dropout, trained with
+# the image recipe (images.train); a chain's training steps in total equal the image runs' (images.train.steps), split
 # evenly over its blocks. Every block, push and student is its own job with cached outputs:
 #   {RES}/images/{dataset}/{chain}/pool_0.npz          training images and labels (a class-balanced prefix)
 #   {RES}/images/{dataset}/{chain}/block_{n}/          block n trained on pool_{n-1} (ema.safetensors, run.json)
@@ -9,7 +9,7 @@
 #   {RES}/images/{dataset}/{chain}/samples/{tag}.npz   sample sets, evaluated by rule evaluate_images like any run
 # {chain} is 'lfm' (images.train.steps in total) or 'lfm-at{k}' (k steps in total, lfm_images.budgets).
 # Needs common.smk, train.smk, evaluate.smk and report.smk; included after them.
-from gmflow.harness.lfm_config import (
+from gmflow.experiments.lfm.config import (
     CHAIN,
     CHAIN_PATTERN,
     chain_total_steps,
@@ -122,7 +122,7 @@ rule lfmi_pool:
     resources:
         mem_mb=2000,
     shell:
-        "{CLI} lfm-image-pool --dataset {wildcards.dataset} {params.n} {params.root} --out {output} > {log} 2>&1"
+        "{CLI} lfm image-pool --dataset {wildcards.dataset} {params.n} {params.root} --out {output} > {log} 2>&1"
 
 
 rule lfmi_train_block:
@@ -151,7 +151,7 @@ rule lfmi_train_block:
     resources:
         mem_mb=3000,
     shell:
-        "{CLI} lfm-train-block --dataset {wildcards.dataset} --network {params.t[network]} --block {wildcards.n}"
+        "{CLI} lfm train-block --dataset {wildcards.dataset} --network {params.t[network]} --block {wildcards.n}"
         " --num-blocks {params.L[num_blocks]} --step-c {params.L[step_c]} --step-rho {params.L[step_rho]}"
         " --interpolant {params.L[interpolant]} --pool {input.pool} {params.init} --steps {params.steps}"
         " --batch-size {params.t[batch_size]} --lr {params.t[lr]} --warmup-steps {params.t[warmup_steps]}"
@@ -184,7 +184,7 @@ rule lfmi_push:
     resources:
         mem_mb=3000,
     shell:
-        "{CLI} lfm-push --block-dir {params.block} --pool {input.pool} {params.opts}"
+        "{CLI} lfm push --block-dir {params.block} --pool {input.pool} {params.opts}"
         " --batch-size {params.p[batch_size]} --threads {threads} --quiet --out {output.pool} > {log} 2>&1"
 
 
@@ -215,7 +215,7 @@ rule lfmi_distill:
     resources:
         mem_mb=3000,
     shell:
-        "{CLI} lfm-distill --blocks {params.blocks} --pool-in {input.pool_in} --pool-out {input.pool_out}"
+        "{CLI} lfm distill --blocks {params.blocks} --pool-in {input.pool_in} --pool-out {input.pool_out}"
         " --steps {params.d[steps]} --batch-size {params.d[batch_size]} --lr {params.d[lr]}"
         " --warmup-steps {params.d[warmup_steps]} --seed {params.seed} --threads {threads} --quiet"
         " --out {params.out} > {log} 2>&1"
@@ -241,7 +241,7 @@ rule lfmi_sample:
     resources:
         mem_mb=3000,
     shell:
-        "{CLI} lfm-sample {params.opts} --run {wildcards.chain} --num-samples {params.s[num_samples]}"
+        "{CLI} lfm sample {params.opts} --run {wildcards.chain} --num-samples {params.s[num_samples]}"
         " --block-size {params.s[block_size]} --seed {params.seed} --threads {threads} --quiet"
         " --out '{output}' > '{log}' 2>&1"
 

@@ -24,7 +24,7 @@ rule sample_2d:
     resources:
         mem_mb=3000,
     shell:
-        "{CLI} sample --run-dir {params.run_dir} --solver '{wildcards.solver}' --nfe {wildcards.nfe}"
+        "{CLI} 2d sample --run-dir {params.run_dir} --solver '{wildcards.solver}' --nfe {wildcards.nfe}"
         " --num-samples {params.s[num_samples]} --block-size {params.s[block_size]} --substeps {params.s[substeps]}"
         " --seed {wildcards.seed} --threads {threads} --reference {input.reference} --knn-points {params.s[knn_points]}"
         " --metrics-out '{output.metrics}' --out '{output.samples}' > '{log}' 2>&1"
@@ -54,7 +54,7 @@ rule sample_images:
     resources:
         mem_mb=3000,
     shell:
-        "{CLI} sample --run-dir {params.run_dir} --solver '{params.p[solver]}' --nfe {params.p[nfe]}"
+        "{CLI} images sample --run-dir {params.run_dir} --solver '{params.p[solver]}' --nfe {params.p[nfe]}"
         " --guidance {params.p[guidance]} --guidance-scale {params.p[scale]} --orthogonal {params.p[orthogonal]}"
         " --substeps {params.p[substeps]} {params.spectral} --num-samples {params.s[num_samples]}"
         " --block-size {params.s[block_size]} --seed {params.p[seed]} --threads {threads} --quiet"

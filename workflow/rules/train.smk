@@ -21,7 +21,7 @@ rule train_2d:
     resources:
         mem_mb=2000,
     shell:
-        "{CLI} train --dataset {wildcards.dataset} --method {params.method} --num-components {params.K}"
+        "{CLI} 2d train --dataset {wildcards.dataset} --method {params.method} --num-components {params.K}"
         " --trans-ratio {params.trans_ratio} --network {params.t[network]} --width {params.t[width]}"
         " --depth {params.t[depth]} --steps {params.t[steps]} --batch-size {params.t[batch_size]}"
         " --lr {params.t[lr]} --warmup-steps {params.t[warmup_steps]} --ema-gamma {params.t[ema_gamma]}"
@@ -63,7 +63,7 @@ rule train_images:
     resources:
         mem_mb=4000,
     shell:
-        "{CLI} train --dataset {wildcards.dataset} --method {params.method} --num-components {params.K}"
+        "{CLI} images train --dataset {wildcards.dataset} --method {params.method} --num-components {params.K}"
         " --trans-ratio {params.trans_ratio} --network {params.t[network]} {params.dit} --steps {params.t[steps]}"
         " --batch-size {params.t[batch_size]} --lr {params.t[lr]} --weight-decay {params.t[weight_decay]}"
         " --warmup-steps {params.t[warmup_steps]} --grad-clip {params.t[grad_clip]} --ema {params.t[ema]}"
@@ -93,4 +93,4 @@ rule snapshot_images:
     conda:
         ENV
     shell:
-        "{CLI} snapshot-run --run-dir {params.run_dir} --step {wildcards.step} --out {params.out} > {log} 2>&1"
+        "{CLI} images snapshot-run --run-dir {params.run_dir} --step {wildcards.step} --out {params.out} > {log} 2>&1"

@@ -23,9 +23,9 @@ import pandas as pd
 import torch
 
 from gmflow.harness import registry
+from gmflow.harness.adapters import Counted, NetworkFn, model_fn
 from gmflow.harness.dit import DIT_VARIANTS, build_dit
 from gmflow.harness.io import save_csv
-from gmflow.harness.sampling import CountingModel
 from gmflow.schedule import sigma_grid
 from gmflow.spectral import SpectrumMLP, spectral_x0_sampler
 
@@ -63,11 +63,11 @@ def time_solver(stub, method: str, guidance: str, scale: float, y, x, solver: st
     """Median seconds of one full solver run over the zero-cost ``stub``."""
 
     def run():
-        model = CountingModel(stub, method, guidance, scale, 1.0, y, stub.null_label)
+        model = model_fn(Counted(NetworkFn(stub)), method, solver, guidance, scale, 1.0, y, stub.null_label)
         registry.SOLVERS[solver](model, x.clone(), sigma_grid(nfe), generator=torch.Generator().manual_seed(0),
                                  **kwargs)
-        if model.nfe != nfe:
-            raise RuntimeError(f"{solver} made {model.nfe} network calls, expected {nfe}")
+        if model.calls != nfe:
+            raise RuntimeError(f"{solver} made {model.calls} network calls, expected {nfe}")
 
     return median_time(run, repeats)
 
@@ -106,9 +106,9 @@ def main() -> None:
             guidance = ("probabilistic" if head == "gm" else "cfg") if guided else "none"
             scale = (0.3 if head == "gm" else 2.0) if guided else 0.0
             for solver in solvers:
-                for spectral in ((False, True) if solver in ("gm-sde", "gm-sde-2") else (False,)):
+                for spectral in ((False, True) if solver in registry.GM_SDE_SOLVERS else (False,)):
                     kwargs = {}
-                    if solver in ("gm-ode", "gm-ode-2"):
+                    if solver in registry.GM_ODE_SOLVERS:
                         kwargs["substeps"] = registry.substeps_for_nfe(a.nfe, substeps)
                     if spectral:
                         kwargs["x0_sampler"] = spectral_x0_sampler(SpectrumMLP(shape[1], max(shape[2:])).eval())

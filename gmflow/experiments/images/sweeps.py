@@ -13,8 +13,6 @@ from itertools import product
 
 from gmflow.harness import registry
 
-GM_ODE = ("gm-ode", "gm-ode-2")
-GM_SDE = ("gm-sde", "gm-sde-2")
 EXTRACTOR_ALIASES = ("classifier", "inception-tf")
 
 TAG_PATTERN = (r"(?P<solver>[a-z0-9+-]+?)_nfe(?P<nfe>\d+)_g(?P<guidance>none|cfg|probabilistic)(?P<scale>[0-9.]+)"
@@ -80,8 +78,9 @@ def image_points(images: dict) -> list[dict]:
                     p = {"run": run, "solver": solver, "nfe": nfe, "guidance": mode,
                          "scale": 0.0 if mode == "none" else float(scale),
                          "orthogonal": 0.0 if mode == "none" else float(orth),
-                         "substeps": sub if solver in GM_ODE else 1,
-                         "spectral": int(spec) if (solver in GM_SDE and has_spectrum) else 0, "seed": seed}
+                         "substeps": sub if solver in registry.GM_ODE_SOLVERS else 1,
+                         "spectral": int(spec) if (solver in registry.GM_SDE_SOLVERS and has_spectrum) else 0,
+                         "seed": seed}
                     p["tag"] = point_tag(p)
                     key = (run, p["tag"])
                     q = points.setdefault(key, {**p, "extractors": [], "sweeps": []})

@@ -1,11 +1,11 @@
-"""Cross-key checks of the ``lfm`` config section (the schema checks each key alone; SPEC Part B).
+"""Cross-key checks of the ``lfm`` config section (the schema checks each key alone; docs/method.md, Sec. 7).
 
 Called by :func:`gmflow.harness.config.validate_config` after the schema defaults are filled in.
 """
 
 from __future__ import annotations
 
-from gmflow.harness.config import ConfigError
+from gmflow.harness.schema import ConfigError
 
 POOL_STREAM = 9000
 """``pool_0`` is ``prepare-data --seed POOL_STREAM + lfm.train.seed``; reference samples use ``--seed s`` and the
@@ -66,8 +66,8 @@ def distill_groups(num_blocks: int, num_students: int) -> list[tuple[int, int]]:
     """Blocks ``(first, last)`` of each student of a ``num_students``-NFE distilled chain, block 1 first.
 
     ``num_students = num_blocks``: one student per block. Fewer: the free block ``N`` keeps its own student (it does
-    most of the transport, SPEC B.3) and the OU blocks ``1..N-1`` are split into ``num_students - 1`` runs of
-    consecutive blocks as even as possible (earlier runs one longer); one student takes all blocks.
+    most of the transport, docs/method.md, Sec. 7.7) and the OU blocks ``1..N-1`` are split into ``num_students - 1``
+    runs of consecutive blocks as even as possible (earlier runs one longer); one student takes all blocks.
     """
     if not 1 <= num_students <= num_blocks:
         raise ValueError(f"a distilled chain of {num_blocks} blocks has 1..{num_blocks} students, got {num_students}")

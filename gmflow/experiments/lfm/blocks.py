@@ -1,4 +1,4 @@
-"""Local Flow Matching harness: train one block on its pool, push pools with an on-disk cache (SPEC Part B).
+"""Local Flow Matching harness: train one block on its pool, push pools with an on-disk cache (docs/method.md, Sec. 7).
 
 A pipeline trains block ``n`` with :func:`train_block` on pool ``n`` (pool 1 is the training set), pushes pool ``n``
 through the block's EMA velocity with :func:`push_pool_cached` to get pool ``n + 1``, warm-starts block ``n + 1`` from
@@ -9,7 +9,7 @@ Distillation (paper Sec. 5.2): :func:`train_student` fits a one-step student :fu
 teacher pairs ``(noisy side, data side)`` of that block's ODE; students of all blocks chain into an ``N``-NFE sampler
 (:func:`baselines.lfm.sample_chain_distilled`).
 
-Networks: any ``net(x, timestep)`` over the project's timestep units, e.g. :class:`gmflow.harness.networks.MLP2D`
+Networks: any ``net(x, timestep)`` over the project's timestep units, e.g. :class:`gmflow.harness.mlp2d.MLP2D`
 with ``head="velocity"``, or a class-conditional ``net(x, timestep, y)`` such as the image DiT with its velocity
 head: then the pool carries labels, training drops them to the null class with probability ``label_dropout`` (as
 the image runs), and pushing, distillation and sampling condition every sample on its label. Local time
@@ -20,7 +20,6 @@ sits where ``sigma = 1`` does for flow matching.
 from __future__ import annotations
 
 import functools
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,6 +40,7 @@ from baselines.lfm import (
     push_pool,
 )
 from gmflow.harness import io
+from gmflow.harness.seeding import stream_generator
 from gmflow.harness.train import LoopSettings, drop_labels, optimise
 
 
@@ -94,12 +94,6 @@ def load_block_weights(net: nn.Module, path: str | Path) -> nn.Module:
     return net
 
 
-def block_seed_generator(seed: int, block_index: int) -> torch.Generator:
-    """The training generator of block ``block_index`` of run seed ``seed`` (independent streams via SeedSequence)."""
-    state = np.random.SeedSequence([seed, block_index]).generate_state(2, dtype=np.uint32)
-    return torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1] >> 1))
-
-
 def train_block(net: nn.Module, pool: Tensor, block_index: int, h: float | None, cfg: BlockTrainConfig,
                 out_dir: str | Path, progress: bool = True, labels: Tensor | None = None,
                 null_label: int = -1) -> dict:
@@ -133,7 +127,7 @@ def train_block(net: nn.Module, pool: Tensor, block_index: int, h: float | None,
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     identity = {k: v for k, v in asdict(cfg).items() if k != "steps"} | {"block": block_index, "h": h}
-    gen = block_seed_generator(cfg.seed, block_index)
+    gen = stream_generator(cfg.seed, block_index)
 
     def step_loss() -> Tensor:
         idx = torch.randint(pool.shape[0], (cfg.batch_size,), generator=gen)
@@ -239,10 +233,11 @@ def train_student(net: nn.Module, x_noisy: Tensor, x_data: Tensor, block_index: 
 
     Teacher pairs are rows of ``x_noisy (M, C, *S)`` (the block's state at local ``t = 1``) and ``x_data (M, C, *S)``
     (the teacher ODE's endpoint at ``t = 0`` from that state). Each step draws rows uniformly with replacement and
-    minimises ``distill_loss(student(x_noisy, 1), x_data)`` with AdamW, a linear warm-up from 0.001x and a cosine decay
-    to 0 (the last weights are the student; no EMA). Warm-start ``net`` from the teacher's weights first.
-    ``labels (M,)`` condition each pair on its label (no dropout: the student serves conditional sampling). A
-    student of a group of blocks ``n..m`` takes pairs ``(pool_m, pool_{n-1})``; ``block_index`` is then ``n``.
+    minimises ``distill_loss(student(x_noisy, 1), x_data)`` in the shared loop (:func:`gmflow.harness.train.optimise`)
+    with a linear warm-up from 0.001x and a cosine decay to 0 (the last weights are the student, not the EMA).
+    Warm-start ``net`` from the teacher's weights first. ``labels (M,)`` condition each pair on its label (no
+    dropout: the student serves conditional sampling). A student of a group of blocks ``n..m`` takes pairs
+    ``(pool_m, pool_{n-1})``; ``block_index`` is then ``n``.
 
     Returns:
         A record: block, config, steps, train_seconds, num_pairs, initial_loss (the warm start, i.e. one Euler step
@@ -254,37 +249,24 @@ def train_student(net: nn.Module, x_noisy: Tensor, x_data: Tensor, block_index: 
                          f"{tuple(x_noisy.shape)} and {tuple(x_data.shape)}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    state = np.random.SeedSequence([cfg.seed, block_index, 1]).generate_state(2, dtype=np.uint32)  # not the teacher's
-    gen = torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1] >> 1))
+    gen = stream_generator(cfg.seed, block_index, 1)  # not the teacher's stream
     student = block_student(net)
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=0.0)
-    warm = max(cfg.warmup_steps, 1)
-
-    def lr_factor(i: int) -> float:
-        if i < warm:
-            return 0.001 + (1 - 0.001) * i / warm
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (i - warm) / max(cfg.steps - warm, 1))))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     with torch.no_grad():
         n = min(4096, x_noisy.shape[0])
-        ones = torch.ones(n)
         y0 = None if labels is None else labels[:n]
-        initial = distill_loss(student(x_noisy[:n], ones, y0), x_data[:n]).mean().item()
-    losses, t0 = [], time.perf_counter()
-    for _ in tqdm(range(cfg.steps), disable=not progress, desc=f"distil block {block_index}", mininterval=5):
+        initial = distill_loss(student(x_noisy[:n], torch.ones(n), y0), x_data[:n]).mean().item()
+
+    def step_loss() -> Tensor:
         idx = torch.randint(x_noisy.shape[0], (cfg.batch_size,), generator=gen)
         y = None if labels is None else labels[idx]
-        loss = distill_loss(student(x_noisy[idx], torch.ones(cfg.batch_size), y), x_data[idx]).mean()
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"non-finite distillation loss {loss.item()} for block {block_index}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-    elapsed = time.perf_counter() - t0
-    tail = losses[-max(1, len(losses) // 10) :]
+        return distill_loss(student(x_noisy[idx], torch.ones(cfg.batch_size), y), x_data[idx]).mean()
+
+    settings = LoopSettings(cfg.steps, cfg.lr, 0.0, cfg.warmup_steps, 0.0, 0.0, cfg.steps, schedule="cosine")
+    identity = {**asdict(cfg), "block": block_index, "kind": "student"}
+    res = optimise(net, step_loss, settings, gen, out_dir, desc=f"distil block {block_index}", progress=progress,
+                   identity=identity, on_other_run="restart", what=f" (distillation of block {block_index})")
+    elapsed = res.elapsed
+    tail = res.losses[-max(1, len(res.losses) // 10) :]
     meta = {"block": block_index, "kind": "student", "student_steps": 1, "steps": cfg.steps,
             "train_seconds": round(elapsed, 2)}
     io.save_safetensors(net.state_dict(), out_dir / "student.safetensors", meta)

@@ -1,7 +1,7 @@
-"""The image experiment's stages as functions: build the network of a run, train it on an image dataset, draw
+"""The image experiment's stages as functions: train a run on an image dataset, draw
 class-conditional sample sets, compute features and metrics against a real reference set, and the held-out NLL.
 
-The CLI (``gmflow-bench``) calls these; they read and write only the paths they are given.
+The CLI (``gmflow-bench images ...``) calls these; they read and write only the paths they are given.
 """
 
 from __future__ import annotations
@@ -13,11 +13,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from torch import nn
 
 from gmflow.harness import io, registry
-from gmflow.harness.data_images import IMAGE_DATASETS, load_images, load_images_uint8, to_uint8
-from gmflow.harness.dit import build_dit
+from gmflow.harness.data_images import load_images, load_images_uint8, stratified_order, to_uint8
+from gmflow.harness.datasets import dataset_info
 from gmflow.harness.metrics_images import (
     feature_set,
     image_metrics,
@@ -25,71 +24,27 @@ from gmflow.harness.metrics_images import (
     reference_statistics,
     save_feature_set,
 )
+from gmflow.harness.runs import build_network, load_run
+from gmflow.harness.tables import COLUMNS_IMAGES, metric_rows
 from gmflow.loss import velocity_nll
 from gmflow.schedule import add_noise, sigma_to_timestep
-
-DIT_OVERRIDES = ("patch_size", "depth", "width", "num_heads")
-
-
-def build_image_net(spec: dict) -> tuple[nn.Module, nn.Module | None]:
-    """The DiT of a run spec (head from the method) and its SpectrumMLP when the run trains one."""
-    head = "gm" if spec["method"] == "gmflow" else "velocity"
-    overrides = {k: spec[k] for k in DIT_OVERRIDES if spec.get(k) is not None}
-    net = build_dit(spec["network"], head, max(spec["num_components"], 1), **overrides)
-    c, h, w = spec["sample_shape"]
-    if (net.config.in_channels, *net.input_hw) != (c, h, w) or net.config.num_classes != spec["num_classes"]:
-        raise ValueError(
-            f"network {spec['network']!r} takes {net.config.in_channels}x{net.input_hw} images with "
-            f"{net.config.num_classes} classes, but dataset {spec['dataset']!r} has {c}x{(h, w)} and "
-            f"{spec['num_classes']} classes; pick a matching network (see gmflow/harness/dit.py DIT_VARIANTS)"
-        )
-    spectrum = None
-    if spec.get("spectral"):
-        from gmflow.spectral import SpectrumMLP
-
-        spectrum = SpectrumMLP(c, base_size=max(h, w))
-    return net, spectrum
-
-
-def image_spec(dataset: str, network: str, method: str, num_components: int, spectral: bool, **overrides) -> dict:
-    if dataset not in IMAGE_DATASETS:
-        raise ValueError(f"unknown image dataset {dataset!r}; choose one of {sorted(IMAGE_DATASETS)}")
-    ds = IMAGE_DATASETS[dataset]
-    if spectral and method != "gmflow":
-        raise ValueError("spectral sampling needs a GM model: --spectral applies to method 'gmflow' only")
-    return {"network": network, "method": method, "num_components": num_components if method == "gmflow" else 0,
-            "dataset": dataset, "sample_shape": [ds.channels, ds.resolution, ds.resolution],
-            "num_classes": ds.num_classes, "spectral": bool(spectral),
-            **{k: overrides.get(k) for k in DIT_OVERRIDES}}
 
 
 def train_images(spec: dict, cfg, out_dir: str | Path, data_root: str | None = None, progress: bool = True) -> dict:
     """Train the run's network on the dataset's training split, class-conditional with label dropout."""
+    from gmflow.harness.losses import make_loss
     from gmflow.harness.train import train
 
     x, y = load_images(spec["dataset"], "train", data_root)
     torch.manual_seed(cfg.seed)
-    net, spectrum = build_image_net(spec)
+    net, spectrum = build_network(spec)
     cfg.null_label = net.null_label
 
     def sample_batch(n: int, gen: torch.Generator):
         idx = torch.randint(len(x), (n,), generator=gen)
         return x[idx], y[idx]
 
-    return train(net, cfg, sample_batch, out_dir, progress=progress, spectrum_net=spectrum)
-
-
-def load_image_run(run_dir: str | Path) -> tuple[nn.Module, nn.Module | None, dict]:
-    run_dir = Path(run_dir)
-    if not (run_dir / "run.json").exists():
-        raise FileNotFoundError(f"{run_dir} has no run.json: train the run first (gmflow-bench train ...)")
-    spec = json.loads((run_dir / "run.json").read_text())
-    net, spectrum = build_image_net(spec)
-    net.load_state_dict(io.load_safetensors(run_dir / "ema.safetensors"))
-    if spectrum is not None:
-        spectrum.load_state_dict(io.load_safetensors(run_dir / "spectrum_ema.safetensors"))
-        spectrum.eval()
-    return net.eval(), spectrum, spec
+    return train(net, cfg, sample_batch, out_dir, make_loss(cfg, spectrum), progress=progress, spectrum_net=spectrum)
 
 
 def make_snapshot_run(run_dir: str | Path, step: int, out: str | Path) -> dict:
@@ -121,21 +76,16 @@ def make_snapshot_run(run_dir: str | Path, step: int, out: str | Path) -> dict:
     return spec
 
 
-def balanced_labels(num_samples: int, num_classes: int) -> torch.Tensor:
-    """Sample ``i`` gets class ``i mod num_classes``: equal class counts, independent of batching."""
-    return torch.arange(num_samples) % num_classes
-
-
 def sample_images(run_dir, solver: str, nfe: int, num_samples: int, seed: int = 0, block_size: int = 500,
                   substeps: str | int = registry.DEFAULT_SUBSTEPS, guidance: str = "none", scale: float = 0.0,
                   orthogonal: float = 1.0, spectral: bool = False, progress: bool = True) -> tuple[dict, dict]:
     """A class-balanced sample set: ``{"images": uint8 (N, C, H, W), "labels": (N,)}`` and its record."""
     from gmflow.harness.sampling import generate
 
-    net, spectrum, spec = load_image_run(run_dir)
+    net, spectrum, spec = load_run(run_dir)
     if spectral and spectrum is None:
         raise ValueError(f"{run_dir} was trained without a SpectrumMLP; train it with --spectral to sample spectrally")
-    labels = balanced_labels(num_samples, spec["num_classes"])
+    labels = dataset_info(spec["dataset"]).labels(num_samples)
     x, rec = generate(net, spec["method"], solver, nfe, num_samples, tuple(spec["sample_shape"]), seed, block_size,
                       substeps, guidance, scale, orthogonal, labels, net.null_label, progress,
                       spectrum if spectral else None)
@@ -154,14 +104,6 @@ def real_images(dataset: str, split: str, num: int | None, data_root: str | None
     return images
 
 
-def stratified_order(labels: torch.Tensor) -> torch.Tensor:
-    """Indices that visit the classes round-robin (file order within a class), so that any prefix is class-balanced
-    (up to the smallest class)."""
-    per_class = [np.flatnonzero(labels.numpy() == c) for c in np.unique(labels.numpy())]
-    order = [i for group in zip(*per_class, strict=False) for i in group]
-    return torch.as_tensor(order, dtype=torch.long)
-
-
 def get_extractor(name: str, classifier: str | None):
     from gmflow.harness.features import INCEPTION_TF, get_feature_extractor
 
@@ -177,11 +119,6 @@ def reference_features(dataset: str, extractor: str, out: str | Path, num: int |
     return {"num_real": len(images), "split": split}
 
 
-TABLE_COLUMNS = ["dataset", "run", "method", "K", "trans_ratio", "solver", "guidance", "guidance_scale", "orthogonal",
-                 "spectral", "nfe", "nfe_budget", "substeps", "seed", "num_samples", "metric", "value",
-                 "feature_extractor", "train_steps", "sample_set", "train_seconds"]
-
-
 def evaluate_images(samples: str | Path, reference: str | Path, extractor: str, classifier: str | None,
                     features_out: str | Path, kid_subset_size: int = 1000) -> pd.DataFrame:
     """Stage 1 (features of the sample set, saved) and stage 2 (metrics): one long-format row per metric."""
@@ -194,21 +131,19 @@ def evaluate_images(samples: str | Path, reference: str | Path, extractor: str, 
     rec["sample_set"] = Path(samples).stem  # results/images/{dataset}/{run}/samples/{sample_set}.npz
     if rec["method"] == "fm":
         rec["trans_ratio"] = None
-    rows = [{**{k: rec.get(k) for k in TABLE_COLUMNS}, "metric": m, "value": v, "feature_extractor": extractor}
-            for m, v in metrics.items()]
-    return pd.DataFrame(rows, columns=TABLE_COLUMNS)
+    return metric_rows(rec, metrics, COLUMNS_IMAGES, extractor)
 
 
 @torch.no_grad()
 def heldout_nll(run_dir: str | Path, num_images: int, times_per_image: int, seed: int = 0,
                 data_root: str | None = None, batch_size: int = 250) -> dict:
-    """Velocity NLL of held-out images in bits/dim (SPEC Part D; the analogue of [P] Table 3).
+    """Velocity NLL of held-out images in bits/dim (docs/method.md, Sec. 8.5; the analogue of the paper's Table 3).
 
     For each test image and each of ``times_per_image`` draws ``sigma ~ U(0, 1)`` (clamped >= 1e-4), ``eps ~ N(0, I)``:
     ``-log q(u | x_t, y)`` of ``u = eps - x0`` under the predicted GM, Gaussian constant included, divided by
     ``D ln 2``. The label is the image's class (conditional NLL); images in [-1, 1] units.
     """
-    net, _, spec = load_image_run(run_dir)
+    net, _, spec = load_run(run_dir)
     if spec["method"] != "gmflow":
         raise ValueError("the NLL needs a GM model (method 'gmflow'); flow matching predicts no density")
     images, labels = load_images(spec["dataset"], "test", data_root)

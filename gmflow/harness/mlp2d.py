@@ -1,4 +1,4 @@
-"""Networks: the 2D toy MLP of SPEC Sec. 1.3 with a GM head or a velocity head."""
+"""Networks: the 2D toy MLP of docs/method.md, Sec. 2.4, with a GM head or a velocity head."""
 
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ def timestep_embedding(t: Tensor, dim: int = 256, flip_sin_to_cos: bool = True, 
 
 
 def position_features(x: Tensor, num_freqs: int = 64, min_period: float = 5e-3, max_period: float = 50.0) -> Tensor:
-    """Fourier features of coordinates ``x (B, D)``: periods log-spaced in [min_period, max_period] (SPEC Sec. 1.3).
+    """Fourier features of coordinates ``x (B, D)``: periods log-spaced in [min_period, max_period]
+    (docs/method.md, Sec. 2.4).
 
     Returns:
         ``(B, D * 2 * num_freqs)``: ``[sin(2 pi x / P), cos(2 pi x / P)]`` per coordinate.
@@ -36,7 +37,8 @@ def position_features(x: Tensor, num_freqs: int = 64, min_period: float = 5e-3, 
 
 
 class MLP2D(nn.Module):
-    """Toy MLP over 2D points (SPEC Sec. 1.3): time and position embeddings, ``depth`` x (Linear, SiLU) of ``width``.
+    """Toy MLP over 2D points (docs/method.md, Sec. 2.4): time and position embeddings,
+    ``depth`` x (Linear, SiLU) of ``width``.
 
     Head ``"gm"`` returns a velocity-space :class:`GaussianMixture` with K components (means ``(B, K, 2)``,
     logweights ``(B, K, 1)``, logstds ``(B, 1, 1)``, the log-std depending on x_t as in the reference toy);

@@ -1,0 +1,34 @@
+"""The workflow's configuration: the JSON schema (``workflow/schemas/config.schema.yaml``, passed in by the
+Snakefile), then each configured experiment's own cross-key checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gmflow.harness.schema import ConfigError, validate_schema
+
+
+def validate_config(config: dict, schema_path: str | Path) -> dict:
+    """Validate ``config`` (defaults filled in place) and check cross-key rules; raise :class:`ConfigError`."""
+    validate_schema(config, schema_path)
+    if "toy" not in config and "images" not in config:
+        raise ConfigError("config error at '<top level>': neither 'toy' nor 'images' is configured; nothing to run")
+    if "toy" in config:
+        from gmflow.experiments.toy2d.config import check_toy_config
+
+        check_toy_config(config)
+    if "images" in config:
+        from gmflow.experiments.images.sweeps import check_images_config
+
+        errors = check_images_config(config["images"])
+        if errors:
+            raise ConfigError(errors[0])
+    if "lfm" in config:
+        from gmflow.experiments.lfm.config import check_lfm_config
+
+        check_lfm_config(config)
+    if "lfm_images" in config:
+        from gmflow.experiments.lfm.config import check_lfm_images_config
+
+        check_lfm_images_config(config)
+    return config

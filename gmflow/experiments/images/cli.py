@@ -1,0 +1,199 @@
+"""``gmflow-bench images ...``: the stages of the class-conditional image experiment.
+
+Example (the digits with GMFlow, K = 4, a classifier for features, then GM-ODE 2 at NFE 4 with guidance)::
+
+    gmflow-bench images train --dataset digits --network dit-digits-tiny --method gmflow -K 4 --steps 600 \\
+        --spectral --out runs/gm-k4
+    gmflow-bench images train-classifier --dataset digits --out runs/classifier.safetensors
+    gmflow-bench images reference-features --dataset digits --extractor classifier-digits \\
+        --classifier runs/classifier.safetensors --out runs/reference_classifier.npz
+    gmflow-bench images sample --run-dir runs/gm-k4 --solver gm-ode-2 --nfe 4 --guidance probabilistic \\
+        --guidance-scale 0.3 --num-samples 1000 --out runs/gm-k4/samples/s.npz
+    gmflow-bench images evaluate --samples runs/gm-k4/samples/s.npz --reference runs/reference_classifier.npz \\
+        --extractor classifier-digits --classifier runs/classifier.safetensors --features-out f.npz --out m.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from gmflow.harness import io, registry
+from gmflow.harness.argtypes import (
+    add_sampling_args,
+    add_training_args,
+    args_record,
+    nonneg_int,
+    positive_int,
+    train_config,
+)
+from gmflow.harness.tables import COLUMNS_IMAGES
+
+
+def cmd_train(a) -> None:
+    from gmflow.experiments.images.stages import train_images
+    from gmflow.harness.runs import network_spec
+
+    torch.set_num_threads(a.threads)
+    cfg = train_config(a, spectral_weight=a.spectral_weight, snapshot_steps=tuple(a.snapshot_steps),
+                       label_dropout=a.label_dropout)
+    dit = {"patch_size": a.patch_size, "depth": a.dit_depth, "width": a.dit_width, "num_heads": a.num_heads}
+    spec = network_spec(a.dataset, a.network, a.method, a.num_components, spectral=a.spectral, dit=dit)
+    record = train_images(spec, cfg, a.out, a.data_root, progress=not a.quiet)
+    io.write_json({**spec, **record}, Path(a.out) / "run.json")
+    io.write_json(io.provenance(args_record(a), kind="train", **record), Path(a.out) / "provenance.json")
+
+
+def cmd_snapshot_run(a) -> None:
+    from gmflow.experiments.images.stages import make_snapshot_run
+
+    spec = make_snapshot_run(a.run_dir, a.step, a.out)
+    print(f"{a.out}: {spec['snapshot_of']} at step {a.step} ({spec['train_seconds']} s of training)")
+
+
+def cmd_sample(a) -> None:
+    from gmflow.experiments.images.stages import sample_images
+
+    torch.set_num_threads(a.threads)
+    if a.guidance == "none" and a.guidance_scale != 0:
+        raise ValueError(f"--guidance-scale {a.guidance_scale} needs --guidance cfg or probabilistic")
+    if a.guidance == "probabilistic" and not 0 <= a.guidance_scale < 1:
+        raise ValueError(f"probabilistic guidance scale w-tilde must be in [0, 1), got {a.guidance_scale}")
+    out, rec = sample_images(a.run_dir, a.solver, a.nfe, a.num_samples, a.seed, a.block_size, a.substeps,
+                             a.guidance, a.guidance_scale, a.orthogonal, a.spectral, progress=not a.quiet)
+    io.save_npz(Path(a.out), **out, record=json.dumps(rec))
+    io.write_json(io.provenance(args_record(a), kind="sample", **rec), Path(a.out).with_suffix(".json"))
+
+
+def cmd_train_classifier(a) -> None:
+    from gmflow.harness.data_images import load_images_uint8
+    from gmflow.harness.features import save_classifier, train_classifier
+
+    torch.set_num_threads(a.threads)
+    x, y = load_images_uint8(a.dataset, "train", a.data_root)
+    xt, yt = load_images_uint8(a.dataset, "test", a.data_root)
+    model, acc = train_classifier(x, y, xt, yt, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed,
+                                  log=print)
+    save_classifier(model, a.out, dataset=a.dataset, test_accuracy=f"{acc:.4f}")
+    io.write_json(io.provenance(args_record(a), kind="classifier", test_accuracy=acc),
+                  Path(a.out).with_suffix(".json"))
+    print(f"test accuracy {acc:.4f}")
+
+
+def cmd_reference_features(a) -> None:
+    from gmflow.experiments.images.stages import reference_features
+
+    torch.set_num_threads(a.threads)
+    rec = reference_features(a.dataset, a.extractor, a.out, a.num_images, a.classifier, a.split, a.data_root)
+    io.write_json(io.provenance(args_record(a), kind="reference-features", **rec), Path(a.out).with_suffix(".json"))
+
+
+def cmd_evaluate(a) -> None:
+    from gmflow.experiments.images.stages import evaluate_images
+
+    torch.set_num_threads(a.threads)
+    df = evaluate_images(a.samples, a.reference, a.extractor, a.classifier, a.features_out, a.kid_subset_size)
+    io.save_csv(df, a.out)
+
+
+def cmd_nll(a) -> None:
+    from gmflow.experiments.images.stages import heldout_nll
+    from gmflow.harness.runs import read_spec
+
+    torch.set_num_threads(a.threads)
+    rec = heldout_nll(a.run_dir, a.num_images, a.times_per_image, a.seed, a.data_root)
+    spec = read_spec(a.run_dir)
+    row = {"dataset": spec["dataset"], "run": Path(a.run_dir).name, "method": spec["method"],
+           "K": spec["num_components"], "trans_ratio": spec["train"]["trans_ratio"], "solver": "", "guidance": "none",
+           "guidance_scale": 0.0, "orthogonal": 0.0, "spectral": 0, "nfe": 1, "nfe_budget": 1, "substeps": 0,
+           "seed": a.seed, "num_samples": rec["num_images"] * rec["times_per_image"], "metric": "nll_bits_per_dim",
+           "value": rec["nll_bits_per_dim"], "feature_extractor": "none", "train_steps": spec["train"]["steps"],
+           "sample_set": ""}
+    io.save_csv(pd.DataFrame([row], columns=COLUMNS_IMAGES), a.out)
+
+
+def add_parsers(sub, fmt) -> None:
+    """The ``images`` group of sub-commands."""
+    group = sub.add_parser("images", help="the image experiment: train, sample, features, metrics, NLL",
+                           description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cmds = group.add_subparsers(dest="stage", required=True)
+    extractors = [e for e in registry.FEATURE_EXTRACTORS if e != "coords"]
+
+    s = cmds.add_parser("train", help="train GMFlow or flow matching on an image dataset", formatter_class=fmt)
+    s.add_argument("--dataset", choices=registry.IMAGE_DATASETS, required=True)
+    s.add_argument("--network", choices=registry.IMAGE_NETWORKS, required=True)
+    s.add_argument("--patch-size", type=positive_int, default=None, help="DiT patch size (default: the variant's)")
+    s.add_argument("--dit-depth", type=positive_int, default=None, help="DiT blocks (default: the variant's)")
+    s.add_argument("--dit-width", type=positive_int, default=None, help="DiT hidden size (default: the variant's)")
+    s.add_argument("--num-heads", type=positive_int, default=None, help="DiT heads (default: the variant's)")
+    s.add_argument("--label-dropout", type=float, default=0.1, help="probability of the null class")
+    s.add_argument("--spectral", action="store_true", help="also train the SpectrumMLP (GMFlow)")
+    s.add_argument("--spectral-weight", type=float, default=1.0)
+    s.add_argument("--data-root", default=None, help="folder of the dataset's files (default: its standard place)")
+    s.add_argument("--snapshot-steps", type=positive_int, nargs="*", default=[],
+                   help="also keep the EMA weights at these steps (snapshots/step{k}/): quality vs training time")
+    add_training_args(s, steps=3000, batch_size=128, lr=2e-4, warmup_steps=200, checkpoint_every=500)
+    s.set_defaults(func=cmd_train)
+
+    s = cmds.add_parser("snapshot-run", formatter_class=fmt,
+                        help="make a run folder of a training snapshot (train --snapshot-steps) to sample it")
+    s.add_argument("--run-dir", required=True, help="the trained image run")
+    s.add_argument("--step", type=positive_int, required=True, help="a step of its --snapshot-steps")
+    s.add_argument("--out", required=True, help="the snapshot's run folder (usually {run-dir}-at{step})")
+    s.set_defaults(func=cmd_snapshot_run)
+
+    s = cmds.add_parser("sample", help="draw a class-balanced sample set with one solver", formatter_class=fmt)
+    add_sampling_args(s, num_samples=1000, block_size=500)
+    s.add_argument("--guidance", choices=registry.GUIDANCE, default="none")
+    s.add_argument("--guidance-scale", type=float, default=0.0, help="CFG w, or probabilistic w-tilde in [0, 1)")
+    s.add_argument("--orthogonal", type=float, default=1.0, help="orthogonal projection factor (0 = off)")
+    s.add_argument("--spectral", action="store_true", help="spectral sampling of x0 in GM-SDE")
+    s.set_defaults(func=cmd_sample)
+
+    s = cmds.add_parser("train-classifier", help="train the in-domain feature classifier", formatter_class=fmt)
+    s.add_argument("--dataset", choices=registry.IMAGE_DATASETS, required=True)
+    s.add_argument("--epochs", type=positive_int, default=3)
+    s.add_argument("--batch-size", type=positive_int, default=128)
+    s.add_argument("--lr", type=float, default=2e-3)
+    s.add_argument("--seed", type=nonneg_int, default=0)
+    s.add_argument("--data-root", default=None)
+    s.add_argument("--threads", type=positive_int, default=1)
+    s.add_argument("--out", required=True, help="output .safetensors")
+    s.set_defaults(func=cmd_train_classifier)
+
+    s = cmds.add_parser("reference-features", help="features and FID statistics of a real reference set",
+                        formatter_class=fmt)
+    s.add_argument("--dataset", choices=registry.IMAGE_DATASETS, required=True)
+    s.add_argument("--extractor", choices=extractors, required=True)
+    s.add_argument("--classifier", default=None, help="classifier weights (for classifier-* extractors)")
+    s.add_argument("--split", choices=("train", "test"), default="test")
+    s.add_argument("--num-images", type=positive_int, default=None, help="class-balanced prefix; default all")
+    s.add_argument("--data-root", default=None)
+    s.add_argument("--threads", type=positive_int, default=1)
+    s.add_argument("--out", required=True, help="output .npz")
+    s.set_defaults(func=cmd_reference_features)
+
+    s = cmds.add_parser("evaluate", help="features and metrics of an image sample set", formatter_class=fmt)
+    s.add_argument("--samples", required=True)
+    s.add_argument("--reference", required=True, help="reference-features output of the same extractor")
+    s.add_argument("--extractor", choices=extractors, required=True)
+    s.add_argument("--classifier", default=None)
+    s.add_argument("--kid-subset-size", type=positive_int, default=1000)
+    s.add_argument("--threads", type=positive_int, default=1)
+    s.add_argument("--features-out", required=True, help="output .npz of the sample set's features")
+    s.add_argument("--out", required=True, help="output long-format .csv")
+    s.set_defaults(func=cmd_evaluate)
+
+    s = cmds.add_parser("nll", help="held-out velocity NLL in bits/dim of a GMFlow run", formatter_class=fmt)
+    s.add_argument("--run-dir", required=True)
+    s.add_argument("--num-images", type=positive_int, default=1000)
+    s.add_argument("--times-per-image", type=positive_int, default=4)
+    s.add_argument("--seed", type=nonneg_int, default=0)
+    s.add_argument("--data-root", default=None)
+    s.add_argument("--threads", type=positive_int, default=1)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_nll)

@@ -1,0 +1,65 @@
+"""What the sampling and evaluation code needs to know of a dataset, whatever its kind: the sample shape, the class
+count (0: unconditional), the networks that take it, the labels a class-balanced sample set is conditioned on, and
+how a sample set is stored.
+
+Points (the 2D datasets) are stored as float ``samples``; images as uint8 ``images`` with their ``labels``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from gmflow.harness import registry
+
+
+def balanced_labels(num_samples: int, num_classes: int) -> torch.Tensor:
+    """Sample ``i`` gets class ``i mod num_classes``: equal class counts, independent of batching."""
+    return torch.arange(num_samples) % num_classes
+
+
+@dataclass(frozen=True)
+class PointDataset:
+    """A 2D dataset: unconditional points ``(N, 2)``."""
+
+    name: str
+    sample_shape: tuple[int, ...] = (2,)
+    num_classes: int = 0
+    networks: tuple[str, ...] = registry.NETWORKS_2D
+
+    def labels(self, num_samples: int) -> torch.Tensor | None:
+        return None
+
+    def sample_arrays(self, x: np.ndarray, labels: torch.Tensor | None = None) -> dict[str, np.ndarray]:
+        return {"samples": x}
+
+
+@dataclass(frozen=True)
+class ImageDatasetInfo:
+    """A class-conditional image dataset: images ``(N, C, H, W)`` in ``[-1, 1]``, stored as uint8."""
+
+    name: str
+    sample_shape: tuple[int, ...]
+    num_classes: int
+    networks: tuple[str, ...] = registry.IMAGE_NETWORKS
+
+    def labels(self, num_samples: int) -> torch.Tensor:
+        return balanced_labels(num_samples, self.num_classes)
+
+    def sample_arrays(self, x: np.ndarray, labels: torch.Tensor | None = None) -> dict[str, np.ndarray]:
+        from gmflow.harness.data_images import to_uint8
+
+        return {"images": to_uint8(torch.from_numpy(x)).numpy(), "labels": labels.numpy()}
+
+
+def dataset_info(name: str) -> PointDataset | ImageDatasetInfo:
+    if name in registry.DATASETS_2D:
+        return PointDataset(name)
+    if name in registry.IMAGE_DATASETS:
+        from gmflow.harness.data_images import IMAGE_DATASETS
+
+        ds = IMAGE_DATASETS[name]
+        return ImageDatasetInfo(name, (ds.channels, ds.resolution, ds.resolution), ds.num_classes)
+    raise ValueError(f"unknown dataset {name!r}; choose one of {list(registry.DATASETS)}")

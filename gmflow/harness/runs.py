@@ -1,0 +1,101 @@
+"""Run folders: the spec in ``run.json`` that names a network, building that network, and loading trained weights.
+
+A spec holds ``network`` (a registry key), ``method`` (``gmflow`` or ``fm``: the GM or the velocity head),
+``num_components``, ``dataset``, ``sample_shape`` and ``num_classes``, plus the network family's own fields (the 2D
+MLP's ``width`` and ``depth``; a DiT's optional ``patch_size``, ``depth``, ``width``, ``num_heads`` overrides and
+``spectral``, whether a SpectrumMLP is trained beside it). Builders are looked up by network key.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from torch import nn
+
+from gmflow.harness import io, registry
+from gmflow.harness.datasets import dataset_info
+
+DIT_OVERRIDES = ("patch_size", "depth", "width", "num_heads")
+
+
+def _head(method: str) -> str:
+    if method not in registry.METHODS and method != "lfm":
+        raise ValueError(f"unknown method {method!r}; choose one of {registry.METHODS}")
+    return "gm" if method == "gmflow" else "velocity"
+
+
+def _build_mlp2d(spec: dict) -> tuple[nn.Module, None]:
+    from gmflow.harness.mlp2d import MLP2D
+
+    return MLP2D(_head(spec["method"]), max(spec["num_components"], 1), spec["width"], spec["depth"]), None
+
+
+def _build_dit(spec: dict) -> tuple[nn.Module, nn.Module | None]:
+    from gmflow.harness.dit import build_dit
+
+    overrides = {k: spec[k] for k in DIT_OVERRIDES if spec.get(k) is not None}
+    net = build_dit(spec["network"], _head(spec["method"]), max(spec["num_components"], 1), **overrides)
+    c, h, w = spec["sample_shape"]
+    if (net.config.in_channels, *net.input_hw) != (c, h, w) or net.config.num_classes != spec["num_classes"]:
+        raise ValueError(
+            f"network {spec['network']!r} takes {net.config.in_channels}x{net.input_hw} images with "
+            f"{net.config.num_classes} classes, but dataset {spec['dataset']!r} has {c}x{(h, w)} and "
+            f"{spec['num_classes']} classes; pick a matching network (see gmflow/harness/dit.py DIT_VARIANTS)"
+        )
+    spectrum = None
+    if spec.get("spectral"):
+        from gmflow.spectral import SpectrumMLP
+
+        spectrum = SpectrumMLP(c, base_size=max(h, w))
+    return net, spectrum
+
+
+BUILDERS = {"mlp2d": _build_mlp2d, **{key: _build_dit for key in registry.IMAGE_NETWORKS}}
+
+
+def build_network(spec: dict) -> tuple[nn.Module, nn.Module | None]:
+    """The network of a run spec and its SpectrumMLP (None when the run trains none)."""
+    if spec["network"] not in BUILDERS:
+        raise ValueError(f"unknown network {spec['network']!r}; choose one of {sorted(BUILDERS)}")
+    return BUILDERS[spec["network"]](spec)
+
+
+def network_spec(dataset: str, network: str, method: str, num_components: int = 0, *, width: int = 256,
+                 depth: int = 3, spectral: bool = False, dit: dict | None = None) -> dict:
+    """The spec of a ``network`` for ``dataset``, checked against each other.
+
+    ``width`` and ``depth`` size the 2D MLP; ``dit`` holds a DiT's overrides (``patch_size``, ``depth``, ``width``,
+    ``num_heads``; None keeps the variant's). ``spectral`` (DiT of a GMFlow run) trains a SpectrumMLP beside it.
+    """
+    info = dataset_info(dataset)
+    if network not in info.networks:
+        raise ValueError(f"dataset {dataset!r} takes one of the networks {list(info.networks)}, not {network!r}")
+    if spectral and method != "gmflow":
+        raise ValueError("spectral sampling needs a GM model: --spectral applies to method 'gmflow' only")
+    spec = {"network": network, "method": method, "num_components": num_components if method == "gmflow" else 0,
+            "dataset": dataset, "sample_shape": list(info.sample_shape), "num_classes": info.num_classes}
+    if network == "mlp2d":
+        if spectral:
+            raise ValueError("--spectral applies to DiT networks of image datasets only")
+        return {**spec, "width": width, "depth": depth}
+    return {**spec, "spectral": bool(spectral), **{k: (dit or {}).get(k) for k in DIT_OVERRIDES}}
+
+
+def read_spec(run_dir: str | Path, what: str = "train the run first") -> dict:
+    p = Path(run_dir) / "run.json"
+    if not p.exists():
+        raise FileNotFoundError(f"{run_dir} has no run.json: {what}")
+    return json.loads(p.read_text())
+
+
+def load_run(run_dir: str | Path) -> tuple[nn.Module, nn.Module | None, dict]:
+    """The EMA network of a trained run (eval mode), its EMA SpectrumMLP if it has one, and its spec."""
+    run_dir = Path(run_dir)
+    spec = read_spec(run_dir, "train the run first (gmflow-bench ... train)")
+    net, spectrum = build_network(spec)
+    net.load_state_dict(io.load_safetensors(run_dir / "ema.safetensors"))
+    if spectrum is not None:
+        spectrum.load_state_dict(io.load_safetensors(run_dir / "spectrum_ema.safetensors"))
+        spectrum.eval()
+    return net.eval(), spectrum, spec
