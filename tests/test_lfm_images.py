@@ -394,10 +394,23 @@ def test_sample_rejects_student_sets_that_do_not_cover_the_chain(chain, capsys, 
 
 
 def test_check_chain_accepts_the_student_groups():
-    """Students of every grouping of distill_groups pass; a mixed interpolant does not."""
+    """Students of every grouping of distill_groups pass; a mixed interpolant does not.
+
+    The groupings are checked against the rule written out (the free block 4 keeps its own student, the OU blocks
+    1..3 are split into runs, earlier runs one longer). Acceptance itself returns nothing, so it can only be shown
+    by not raising; that it is not vacuous is shown by the same groups with a gap, an overlap or a missing last
+    block, which must all be refused."""
     base = {"num_blocks": 4, "dataset": "digits", "interpolant": "linear", "network": "dit-digits-tiny"}
+    expected = {1: [(1, 4)], 2: [(1, 3), (4, 4)], 3: [(1, 2), (3, 3), (4, 4)], 4: [(1, 1), (2, 2), (3, 3), (4, 4)]}
     for k in range(1, 5):
+        assert distill_groups(4, k) == expected[k]
         lfm_cli._check_chain([{**base, "block": a, "last_block": b} for a, b in distill_groups(4, k)])
+        bad_groups = [expected[k][:-1] or [(1, 3)],  # the chain stops short of block 4
+                      [(a + 1, b) for a, b in expected[k][:1]] + expected[k][1:],  # a gap before the first student
+                      expected[k] + [(4, 4)]]  # block 4 twice
+        for groups in bad_groups:
+            with pytest.raises(ValueError, match="blocks"):
+                lfm_cli._check_chain([{**base, "block": a, "last_block": b} for a, b in groups])
     with pytest.raises(ValueError, match="share one dataset"):
         lfm_cli._check_chain([{**base, "block": 1, "last_block": 3},
                               {**base, "block": 4, "last_block": 4, "interpolant": "trig"}])
