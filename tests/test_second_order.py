@@ -1,7 +1,8 @@
 """The guided second-order GM step (gmflow/solvers.py: GM-ODE 2 and GM-SDE 2) against a float64 reference written here.
 
-The reference follows Sec. 3.3 (probabilistic guidance) and Sec. 3.3 / Appendix A.2 (second-order multistep
-extrapolation) of Chen et al. 2025, in the form of the authors' implementation, and shares no code with the library:
+The reference follows the probabilistic guidance and the second-order multistep extrapolation of Chen et al. 2025
+(Sec. 3.3, Eq. 15-16 and Appendix A.2), in the form of the authors' implementation, and shares no code with the
+library:
 
 - guidance: conditional surrogate ``(m_c, v_c)`` with ``v_c`` averaged over pixels, ``Delta = m_c - m_u`` projected
   off ``m_c``, bias ``b = w~ sqrt(v_c / mean(Delta^2)) Delta``, target ``N(m_c + b, (1 - w~^2) v_c)``;
