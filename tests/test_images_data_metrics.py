@@ -343,7 +343,10 @@ def test_torch_fidelity_calculate_metrics_uses_our_classifier(digits_classifier)
         mi.feature_set(x, ext), mi.feature_set(xt, ext), kid_subset_size=300, kid_subsets=10, seed=11
     )
     assert ours["fid"] == pytest.approx(theirs["frechet_inception_distance"], rel=1e-4)
-    assert ours["kid"] == pytest.approx(theirs["kernel_inception_distance_mean"], rel=1e-3, abs=1e-6)
+    # torch-fidelity sums the kernels in float32 (in float64 it equals ours to 1e-10:
+    # test_kid_agrees_with_torch_fidelity_subsets); here the mean over subsets is ~0.005 with a per-subset spread
+    # ~0.2, so its float32 rounding (~6e-6 seen) needs an absolute tolerance, not a relative one
+    assert ours["kid"] == pytest.approx(theirs["kernel_inception_distance_mean"], rel=1e-3, abs=5e-5)
     assert ours["precision"] == pytest.approx(theirs["precision"], abs=2 / len(xt))
     assert ours["recall"] == pytest.approx(theirs["recall"], abs=2 / len(x))
     isc = torch_fidelity.calculate_metrics(
