@@ -258,3 +258,31 @@ def random_gm(b: int, k: int, c: int, spatial: tuple, spread: float, logstd: flo
     logweights = torch.log_softmax(torch.randn(b, k, 1, *spatial, generator=g, dtype=F64), dim=1)
     logstds = logstd + 0.3 * (2 * torch.rand(b, 1, 1, *([1] * len(spatial)), generator=g, dtype=F64) - 1)
     return GaussianMixture(means, logweights, logstds)
+
+
+def probabilistic_guidance_np(means: np.ndarray, logweights: np.ndarray, std: float, m_u: np.ndarray, w: float,
+                              o: float = 1.0) -> dict[str, np.ndarray | float]:
+    """Probabilistic guidance of ONE sample's x0-space GM in numpy float64 (Sec. 3.3 of Chen et al. 2025).
+
+    ``means (K, C, *S)``, ``logweights (K, 1, *S)``, the shared ``std``, the unconditional mean ``m_u (C, *S)``.
+    Surrogate ``m_c``, ``v_c`` = per-pixel ``(1/C) sum_k A_k |mu_k - m_c|^2 + s^2`` averaged over pixels;
+    ``Delta = m_c - m_u`` minus ``o`` times its projection on ``m_c`` (means over all entries); bias
+    ``b = w sqrt(v_c / mean(Delta^2)) Delta``; the guided GM is each component times the ratio Gaussian
+    ``N_tgt / N(m_c, v_c) ∝ N(m_c + b / w^2, v_c (1 - w^2) / w^2)`` (a textbook Gaussian product), renormalised.
+
+    Returns:
+        dict with ``bias``, ``m_c``, ``v_c`` and the guided ``means``, ``weights`` ``(K, 1, *S)`` and ``var``.
+    """
+    wts = np.exp(logweights - logsumexp(logweights, axis=0, keepdims=True))
+    m_c = (wts * means).sum(0)
+    v_c = float(((wts * (means - m_c) ** 2).sum(0).mean(0)).mean() + std**2)
+    d = m_c - m_u
+    d = d - o * np.mean(d * m_c) / max(np.mean(m_c * m_c), 1e-6) * m_c
+    bias = w * np.sqrt(v_c / max(np.mean(d * d), 1e-6)) * d
+    out = {"bias": bias, "m_c": m_c, "v_c": v_c}
+    if w == 0:
+        return {**out, "means": means, "weights": wts, "var": std**2}
+    s2, m_r, v_r = std**2, m_c + bias / w**2, v_c * (1 - w**2) / w**2
+    logits = np.log(wts) - ((means - m_r) ** 2).sum(1, keepdims=True) / (2 * (v_r + s2))
+    weights = np.exp(logits - logsumexp(logits, axis=0, keepdims=True))
+    return {**out, "means": (v_r * means + s2 * m_r) / (v_r + s2), "weights": weights, "var": s2 * v_r / (s2 + v_r)}

@@ -82,7 +82,7 @@ def ode_error(solver, nfe: int, z: torch.Tensor) -> float:
 
 def test_flow_to_vp_round_trip_float64():
     sigma = torch.cat([torch.tensor([0.0, 1.0]), torch.rand(64, generator=torch.Generator().manual_seed(3))]).double()
-    x0, eps = torch.randn(66, 5, dtype=torch.float64), torch.randn(66, 5, dtype=torch.float64)
+    x0, eps = torch.randn(2, 66, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
     alpha = (1 - sigma)[:, None]
     alpha_bar, scale = flow_to_vp(sigma)
     x_t = alpha * x0 + sigma[:, None] * eps

@@ -16,12 +16,13 @@ from oracles import (
     normalise_on_grid,
     np64,
     pixel_gm,
+    probabilistic_guidance_np,
     random_gm,
     seeded,
 )
 from scipy.special import logsumexp
 
-from gmflow.gm import GaussianMixture, u_to_x0
+from gmflow.gm import GaussianMixture
 from gmflow.guidance import gm_cfg, guided_gm_prediction, probabilistic_guidance
 
 SHAPES = [(2, ()), (3, (4, 4))]
@@ -158,19 +159,27 @@ def test_gm_cfg_shifts_every_mean_by_scaled_difference(c, spatial, w):
 
 
 def test_guided_prediction_converts_to_x0_space_first():
-    """Truth: guidance acts on x0-space GMs (docs/method.md, Sec. 1.4): guided_gm_prediction on velocity GMs equals
-    u -> x0 conversion (x0 = x_t - sigma u) followed by probabilistic_guidance with the unconditional x0 mean."""
-    g = _gen(10)
+    """Truth: guidance acts on x0-space GMs (docs/method.md, Sec. 4.6). Built here in numpy: the x0-space GMs by
+    x0 = x_t - sigma u (means x_t - sigma mu_k, std sigma s), the unconditional x0 mean, and the guided GM of
+    oracles.probabilistic_guidance_np. The same guidance applied to the velocity GMs gives a clearly different
+    bias, so a prediction guided before the conversion cannot pass."""
+    w = 0.4
     gm_c, gm_u = _random_gm(2, 3, 3, (4, 4), seed=11), _random_gm(2, 3, 3, (4, 4), seed=12)
-    x_t = torch.randn(2, 3, 4, 4, generator=g)
-    sigma = torch.tensor([0.7, 0.2])
-    pred = guided_gm_prediction(gm_c, gm_u, x_t, sigma, mode="probabilistic", scale=0.4)
-    gx_c = u_to_x0(gm_c.to(torch.float32), x_t, sigma)
-    m_u = x_t - sigma.reshape(2, 1, 1, 1) * gm_u.to(torch.float32).mean()
-    ref = probabilistic_guidance(gx_c, m_u, 0.4)
-    torch.testing.assert_close(pred.gm.means, ref.gm.means, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(pred.gm.logweights, ref.gm.logweights, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(pred.bias, ref.bias, rtol=1e-5, atol=1e-5)
+    x_t = torch.randn(2, 3, 4, 4, generator=_gen(10), dtype=F64)
+    sigma = torch.tensor([0.7, 0.2], dtype=F64)
+    pred = guided_gm_prediction(gm_c, gm_u, x_t, sigma, mode="probabilistic", scale=w)
+    for b in range(2):
+        s, x = sigma[b].item(), np64(x_t[b])
+        std_u = float(np.exp(np64(gm_c.logstds[b]).reshape(-1)[0]))
+        mean_u = (np.exp(np64(gm_u.logweights[b])) * np64(gm_u.means[b])).sum(0)  # velocity means
+        ref = probabilistic_guidance_np(x - s * np64(gm_c.means[b]), np64(gm_c.logweights[b]), s * std_u,
+                                        x - s * mean_u, w)  # fmt: skip
+        np.testing.assert_allclose(np64(pred.bias[b]), ref["bias"], rtol=0, atol=2e-5)
+        np.testing.assert_allclose(np64(pred.gm.means[b]), ref["means"], rtol=0, atol=2e-5)
+        np.testing.assert_allclose(np.exp(np64(pred.gm.logweights[b])), ref["weights"], rtol=0, atol=2e-5)
+        np.testing.assert_allclose(np.exp(2 * np64(pred.gm.logstds[b])).reshape(-1)[0], ref["var"], rtol=2e-5)
+        in_u = probabilistic_guidance_np(np64(gm_c.means[b]), np64(gm_c.logweights[b]), std_u, mean_u, w)
+        assert np.abs(in_u["bias"] - ref["bias"]).max() > 0.1
 
 
 @pytest.mark.parametrize("w", [-0.1, 1.0, 1.5])

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from oracles import probabilistic_guidance_np
 
 from gmflow.experiments.cli import main as cli
 from gmflow.experiments.images.stages import train_images
@@ -96,25 +97,43 @@ def test_bad_sampling_options_are_refused(gm_run, tmp_path, capsys):
 
 
 def test_gm_mean_drives_flow_solvers():
-    """A GM model used by a flow solver returns the mixture-mean velocity (unguided) and x0-mean velocity (guided)."""
+    """Truth (numpy float64): a flow solver on a GM model gets the mixture-mean velocity sum_k A_k mu_k unguided;
+    guided, it gets (x_t - E[x0]) / sigma of the guided x0-space GM, here from oracles.probabilistic_guidance_np
+    with the conditional GM (label 0) and the unconditional mean (null label 10) that the model returns for
+    different labels. At w~ = 0 that is the conditional mean velocity; at w~ = 0.5 the guidance moves it."""
     from gmflow.gm import GaussianMixture
 
     g = torch.Generator().manual_seed(0)
-    gm = GaussianMixture(torch.randn(3, 4, 1, 2, 2, generator=g), torch.log_softmax(torch.randn(3, 4, 1, 2, 2,
-                         generator=g), 1), torch.zeros(3, 1, 1, 1, 1))
+    gms = [GaussianMixture(torch.randn(3, 4, 1, 2, 2, generator=g),
+                           torch.log_softmax(torch.randn(3, 4, 1, 2, 2, generator=g), 1),
+                           torch.full((3, 1, 1, 1, 1), -0.5 + 0.5 * i)) for i in range(2)]  # fmt: skip
+    null = 10
 
     class Net(torch.nn.Module):
         def forward(self, x, t, y=None):
-            return GaussianMixture(gm.means.repeat(len(x) // 3, 1, 1, 1, 1),
-                                   gm.logweights.repeat(len(x) // 3, 1, 1, 1, 1),
-                                   gm.logstds.repeat(len(x) // 3, 1, 1, 1, 1))
+            uncond = (y == null).view(-1, 1, 1, 1, 1) if y is not None else torch.zeros(len(x), 1, 1, 1, 1, dtype=bool)
+            rep = len(x) // 3
+            return GaussianMixture(*(torch.where(uncond, u.repeat(rep, 1, 1, 1, 1), c.repeat(rep, 1, 1, 1, 1))
+                                     for c, u in zip((gms[0].means, gms[0].logweights, gms[0].logstds),
+                                                     (gms[1].means, gms[1].logweights, gms[1].logstds), strict=True)))
 
     x, sigma = torch.randn(3, 1, 2, 2, generator=g), torch.full((3,), 0.6)
     v = model_fn(Counted(NetworkFn(Net())), "gmflow", "euler")(x, sigma)
-    assert torch.allclose(v, gm.mean(), atol=1e-6)
-    guided = model_fn(Counted(NetworkFn(Net())), "gmflow", "euler", "probabilistic", 0.0, 1.0,
-                      torch.zeros(3, dtype=torch.long), 10)(x, sigma)
-    assert torch.allclose(guided, gm.mean(), atol=1e-5)  # w-tilde = 0: the conditional GM itself
+    mean_u = [(np.exp(gm.logweights.double().numpy()) * gm.means.double().numpy()).sum(1) for gm in gms]
+    np.testing.assert_allclose(v.double().numpy(), mean_u[0], rtol=0, atol=1e-6)
+    for w in (0.0, 0.5):
+        guided = model_fn(Counted(NetworkFn(Net())), "gmflow", "euler", "probabilistic", w, 1.0,
+                          torch.zeros(3, dtype=torch.long), null)(x, sigma)
+        expect = np.empty(x.shape)
+        for b in range(3):
+            xb, s = x[b].double().numpy(), 0.6
+            std = s * float(np.exp(gms[0].logstds[b].double().numpy()).reshape(-1)[0])
+            ref = probabilistic_guidance_np(xb - s * gms[0].means[b].double().numpy(),
+                                            gms[0].logweights[b].double().numpy(), std, xb - s * mean_u[1][b], w)
+            expect[b] = (xb - (ref["weights"] * ref["means"]).sum(0)) / s
+        np.testing.assert_allclose(guided.double().numpy(), expect, rtol=0, atol=2e-5)
+        if w > 0:
+            assert np.abs(expect - mean_u[0]).max() > 0.05
 
 
 def test_balanced_labels():

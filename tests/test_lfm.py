@@ -299,10 +299,11 @@ def test_log_likelihood_of_exact_blocks_is_the_gaussian_log_density(kind):
 @pytest.mark.parametrize("solver,nfe,per_block", [("euler", 1, 1), ("euler", 5, 5), ("heun", 2, 2), ("heun", 6, 6)])
 def test_fixed_step_nfe_is_exact(solver, nfe, per_block):
     blocks = [b.velocity for b in exact_blocks(HS, "linear")]
-    out = lfm.sample_chain(blocks, torch.randn(3, 2, dtype=F64), solver, nfe)
+    out = lfm.sample_chain(blocks, torch.randn(3, 2, dtype=F64, generator=_gen(40)), solver, nfe)
     assert out.nfe_per_block == (per_block,) * len(blocks)
     assert out.nfe == per_block * len(blocks)
-    out = lfm.sample_chain(blocks, torch.randn(3, 2, dtype=F64), solver, [nfe, nfe, 2 * nfe, 4 * nfe])
+    x1 = torch.randn(3, 2, dtype=F64, generator=_gen(41))
+    out = lfm.sample_chain(blocks, x1, solver, [nfe, nfe, 2 * nfe, 4 * nfe])
     assert out.nfe_per_block == (nfe, nfe, 2 * nfe, 4 * nfe)
 
 

@@ -23,7 +23,7 @@ from baselines import lfm as blfm
 from gmflow.experiments import cli
 from gmflow.experiments.images.sweeps import TAG_PATTERN
 from gmflow.experiments.lfm import blocks as glfm
-from gmflow.experiments.lfm import chain as lfm_cli
+from gmflow.experiments.lfm import chain as lfm_chain
 from gmflow.experiments.lfm.blocks import BlockTrainConfig, block_velocity, train_block
 from gmflow.experiments.lfm.config import distill_groups, image_sample_sets, image_sample_tag, student_folder
 from gmflow.harness.data_images import load_images, to_uint8
@@ -133,12 +133,12 @@ def test_image_pool_larger_than_the_training_split_is_refused(tmp_path, capsys):
 
 
 def test_pushes_carry_the_labels_and_count_the_configured_nfe(chain):
-    labels0 = lfm_cli.load_pool_labels(chain / "pool_0.npz")
+    labels0 = lfm_chain.load_pool_labels(chain / "pool_0.npz")
     for n in range(1, N + 1):
         with np.load(chain / f"pool_{n}.npz") as f:
             assert f["x"].shape == (POOL, *SHAPE) and f["x"].dtype == np.float32
             np.testing.assert_array_equal(f["labels"], np.load(chain / f"pool_{n - 1}.npz")["labels"])
-        assert torch.equal(lfm_cli.load_pool_labels(chain / f"pool_{n}.npz"), labels0)
+        assert torch.equal(lfm_chain.load_pool_labels(chain / f"pool_{n}.npz"), labels0)
         rec = _json(chain / f"pool_{n}.json")
         assert rec["nfe_per_sample"] == PUSH_NFE and rec["nfe_per_block"] == PUSH_NFE
         assert rec["nfe_per_batch"] == [PUSH_NFE] * 3 and rec["pool_size"] == POOL and rec["block"] == n
@@ -147,8 +147,9 @@ def test_pushes_carry_the_labels_and_count_the_configured_nfe(chain):
 def test_push_is_the_conditional_block_flow_of_its_pool(chain, tmp_path):
     """pool_n = heun push of pool_{n-1} through block n, each batch conditioned on its own labels."""
     for n in (1, 3):
-        net, _ = lfm_cli.load_block(chain / f"block_{n}")
-        pool, labels = lfm_cli.load_pool(chain / f"pool_{n - 1}.npz"), lfm_cli.load_pool_labels(chain / "pool_0.npz")
+        net, _ = lfm_chain.load_block(chain / f"block_{n}")
+        pool = lfm_chain.load_pool(chain / f"pool_{n - 1}.npz")
+        labels = lfm_chain.load_pool_labels(chain / "pool_0.npz")
         v = block_velocity(net)
         parts = []
         for i in range(0, POOL, PUSH_BATCH):
@@ -156,7 +157,7 @@ def test_push_is_the_conditional_block_flow_of_its_pool(chain, tmp_path):
                                     "heun", PUSH_NFE)
             assert nfe == PUSH_NFE
             parts.append(x)
-        torch.testing.assert_close(torch.cat(parts), lfm_cli.load_pool(chain / f"pool_{n}.npz"), rtol=0, atol=1e-6)
+        torch.testing.assert_close(torch.cat(parts), lfm_chain.load_pool(chain / f"pool_{n}.npz"), rtol=0, atol=1e-6)
         unconditional, _ = blfm.push_pool(v, pool[:PUSH_BATCH], "heun", PUSH_NFE)
         assert (unconditional - parts[0]).abs().max() > 1e-6  # the labels reach the network
     # the same images with every label moved to the next class push elsewhere, and carry the new labels
@@ -323,7 +324,7 @@ def test_same_seed_gives_the_same_samples(chain):
 
 def test_cli_samples_are_the_conditional_chain_from_the_stream_noise(chain):
     images, labels, _ = _sample(chain, "direct", "heun", "--nfe-per-block", 2, n=25, block_size=10, seed=4)
-    nets = [lfm_cli.load_block(b)[0] for b in _blocks(chain)]
+    nets = [lfm_chain.load_block(b)[0] for b in _blocks(chain)]
     vs = [block_velocity(net) for net in nets]
     out = []
     for b, start in enumerate(range(0, 25, 10)):
@@ -352,7 +353,7 @@ def test_zero_velocity_chain_returns_the_flow_matching_noise(solver, k):
     seed, n, block_size = 7, 25, 10
     labels = torch.arange(n) % NUM_CLASSES
     nets = [_Zero() for _ in range(N)]
-    x, rec = lfm_cli.generate_chain(nets, solver, k, n, seed, block_size, progress=False, sample_shape=SHAPE,
+    x, rec = lfm_chain.generate_chain(nets, solver, k, n, seed, block_size, progress=False, sample_shape=SHAPE,
                                     labels=labels)
     noise = torch.cat([torch.randn((min(block_size, n - s), *SHAPE), generator=block_generator(seed, b))
                        for b, s in enumerate(range(0, n, block_size))])
@@ -390,18 +391,31 @@ def test_sample_rejects_student_sets_that_do_not_cover_the_chain(chain, capsys, 
     assert cli.main(argv) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
-    specs = [lfm_cli.load_student(chain / f)[1] for f in folders]
+    specs = [lfm_chain.load_student(chain / f)[1] for f in folders]
     with pytest.raises(ValueError, match=re.escape(message)):
-        lfm_cli._check_chain(specs)
+        lfm_chain.check_chain(specs)
 
 
 def test_check_chain_accepts_the_student_groups():
-    """Students of every grouping of distill_groups pass; a mixed interpolant does not."""
+    """Students of every grouping of distill_groups pass; a mixed interpolant does not.
+
+    The groupings are checked against the rule written out (the free block 4 keeps its own student, the OU blocks
+    1..3 are split into runs, earlier runs one longer). Acceptance itself returns nothing, so it can only be shown
+    by not raising; that it is not vacuous is shown by the same groups with a gap, an overlap or a missing last
+    block, which must all be refused."""
     base = {"num_blocks": 4, "dataset": "digits", "interpolant": "linear", "network": "dit-digits-tiny"}
+    expected = {1: [(1, 4)], 2: [(1, 3), (4, 4)], 3: [(1, 2), (3, 3), (4, 4)], 4: [(1, 1), (2, 2), (3, 3), (4, 4)]}
     for k in range(1, 5):
-        lfm_cli._check_chain([{**base, "block": a, "last_block": b} for a, b in distill_groups(4, k)])
+        assert distill_groups(4, k) == expected[k]
+        lfm_chain.check_chain([{**base, "block": a, "last_block": b} for a, b in distill_groups(4, k)])
+        bad_groups = [expected[k][:-1] or [(1, 3)],  # the chain stops short of block 4
+                      [(a + 1, b) for a, b in expected[k][:1]] + expected[k][1:],  # a gap before the first student
+                      expected[k] + [(4, 4)]]  # block 4 twice
+        for groups in bad_groups:
+            with pytest.raises(ValueError, match="blocks"):
+                lfm_chain.check_chain([{**base, "block": a, "last_block": b} for a, b in groups])
     with pytest.raises(ValueError, match="share one dataset"):
-        lfm_cli._check_chain([{**base, "block": 1, "last_block": 3},
+        lfm_chain.check_chain([{**base, "block": 1, "last_block": 3},
                               {**base, "block": 4, "last_block": 4, "interpolant": "trig"}])
 
 

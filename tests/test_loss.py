@@ -79,9 +79,13 @@ def test_forward_transition_gives_the_marginal_and_markov_coupling(s_h, lam):
     cov = np.mean(r_l * r_h)
     expect = (1 - s_h) / (1 - s_l) * s_l**2
     assert abs(cov - expect) < 5 * s_l * s_h / math.sqrt(n) + 1e-12
-    # and forward_transition alone from a given x_l
-    x_h = forward_transition(pair.x_low, pair.sigma_low, pair.sigma_high, eps1)
-    torch.testing.assert_close(x_h, pair.x_high)
+    # and forward_transition alone, sample by sample, against the kernel written out here:
+    # x_h = rho x_l + sqrt(s_h^2 - rho^2 s_l^2) e1 with rho = a_h / a_l
+    x_l = torch.randn(8, 3, generator=g, dtype=F64)
+    e1 = torch.randn(8, 3, generator=g, dtype=F64)
+    rho = (1 - s_h) / (1 - s_l)
+    x_h = forward_transition(x_l, torch.full((8,), s_l, dtype=F64), torch.full((8,), s_h, dtype=F64), e1)
+    torch.testing.assert_close(x_h, rho * x_l + math.sqrt(s_h**2 - rho**2 * s_l**2) * e1, rtol=1e-12, atol=1e-12)
 
 
 def test_lambda_one_pair_is_data_and_forward_noise():
@@ -122,6 +126,39 @@ def test_lambda_one_loss_is_x0_nll_and_velocity_nll(c, spatial):
     np.testing.assert_allclose(np64(loss), brute, rtol=0, atol=2e-4)
     const = c * torch.log(sig) - 0.5 * c * math.log(2 * math.pi)
     np.testing.assert_allclose(np64(loss), np64(velocity_nll(gm_u, u).double() + const), rtol=0, atol=2e-4)
+
+
+@pytest.mark.parametrize("lam", [0.5, 0.9])
+@pytest.mark.parametrize("c,spatial", SHAPES)
+def test_transition_loss_at_trained_lambdas_is_the_brute_force_transition_nll(lam, c, spatial):
+    """Truth: at the trained lambdas (0.5 images, 0.9 toy) the loss of each sample is the pixel-averaged
+    -log sum_k A_k N(x_l; c1 x_h + c2 (x_h - sigma_h mu_k), v I) + (C/2) log 2 pi with v = (c2 sigma_h s)^2 + c3
+    (Sec. 3.4 of Chen et al. 2025), evaluated here in float64 as the explicit sum of component densities. The
+    coefficients come from joint-Gaussian conditioning of the forward chain (not from the library), and the log-stds
+    are chosen so that c3 is a large part of v: a wrong floor c3 (x 0.5, 0 or 2) moves the loss by >> the tolerance."""
+    b = 5
+    gm_u = _random_gm(b, 4, c, spatial, spread=1.0, logstd=-0.8 if lam == 0.5 else -2.5, seed=21)
+    g = _gen(22)
+    x0, eps0, eps1 = torch.randn(3, b, c, *spatial, generator=g, dtype=F64)
+    sig = torch.tensor([1.0, 0.85, 0.6, 0.35, 0.15], dtype=F64)
+    pair = sample_transition_pair(x0, sig, lam, eps0, eps1)
+    np.testing.assert_allclose(np64(pair.sigma_low), np64(sig) * (1 - lam), rtol=1e-12)
+    loss = np64(transition_loss(gm_u, pair))
+    pixels = list(np.ndindex(*spatial)) if spatial else [()]
+    brute, c3_share = np.zeros(b), np.zeros(b)
+    for i in range(b):
+        s_h = sig[i].item()
+        c1, c2, c3 = _ddpm_posterior_by_conditioning(s_h, s_h * (1 - lam))
+        for pix in pixels:
+            mu, w, std = pixel_gm(gm_u, i, pix)
+            x_h = np64(pair.x_high[(i, slice(None), *pix)])
+            var = (c2 * s_h * std) ** 2 + c3
+            c3_share[i] = c3 / var
+            means = c1 * x_h + c2 * (x_h - s_h * mu)  # (K, C)
+            lp = gm_logpdf(np64(pair.x_low[(i, slice(None), *pix)]), means, w, math.sqrt(var))
+            brute[i] -= (lp + 0.5 * c * math.log(2 * math.pi)) / len(pixels)
+    assert c3_share.min() > 0.2, c3_share  # the variance floor c3 matters at every level tested
+    np.testing.assert_allclose(loss, brute, rtol=0, atol=1e-4)
 
 
 @pytest.mark.parametrize("c,spatial", SHAPES)

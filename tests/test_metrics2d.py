@@ -61,3 +61,42 @@ def test_precision_recall_separate_sets():
     assert p == 0 and r == 0
     p, r = knn_precision_recall(a, 0.05 * b)  # collapsed samples: precise but no recall
     assert p > 0.5 and r < 0.1
+
+
+def _brute_knn_radii(a: np.ndarray, k: int) -> np.ndarray:
+    """Distance from each point to its k-th nearest OTHER point, from the full float64 distance matrix."""
+    d = np.sqrt(((a[:, None, :] - a[None, :, :]) ** 2).sum(-1))
+    return np.sort(d, axis=1)[:, k]  # column 0 is the point itself (distance 0)
+
+
+def _brute_precision_recall(real: np.ndarray, fake: np.ndarray, k: int) -> tuple[float, float]:
+    def coverage(ref, query):
+        d = np.sqrt(((query[:, None, :] - ref[None, :, :]) ** 2).sum(-1))
+        return float((d <= _brute_knn_radii(ref, k)[None, :]).any(1).mean())
+
+    return coverage(real, fake), coverage(fake, real)
+
+
+@pytest.mark.parametrize("dim", [2, 16])
+def test_precision_recall_are_the_k3_brute_force_counts(dim):
+    """Truth: Kynkaanniemi et al. (2019) with k = 3 counted by brute force on small sets (40 real, 55 generated):
+    precision = fraction of generated points within the 3rd-NN radius of some real point, recall the converse. The 2D
+    metric, the image metric (any feature dimension) and metrics_2d's k all use k = 3; the k = 5 counts differ on
+    these sets, so a different k cannot pass."""
+    from gmflow.harness.metrics2d import metrics_2d
+    from gmflow.harness.metrics_images import precision_recall
+
+    rng = np.random.default_rng(7 + dim)
+    real = rng.normal(size=(40, dim))
+    fake = 0.3 + 1.4 * rng.normal(size=(55, dim))
+    p3, r3 = _brute_precision_recall(real, fake, 3)
+    p5, r5 = _brute_precision_recall(real, fake, 5)
+    assert (p3, r3) != (p5, r5) and 0 < p3 < 1 and 0 < r3 < 1
+    assert knn_precision_recall(real, fake) == pytest.approx((p3, r3), abs=1e-12)
+    assert knn_precision_recall(real, fake, k=5) == pytest.approx((p5, r5), abs=1e-12)
+    assert precision_recall(real, fake) == pytest.approx((p3, r3), abs=1e-12)
+    if dim == 2:
+        ref2, fake2 = real[:40], fake[:40]  # equal sizes: metrics_2d's k-NN subsets are then all points
+        assert _brute_precision_recall(ref2, fake2, 3) != _brute_precision_recall(ref2, fake2, 5)
+        out = metrics_2d("checkerboard", fake2, ref2, knn_points=10_000, seed=0)
+        assert (out["precision"], out["recall"]) == pytest.approx(_brute_precision_recall(ref2, fake2, 3), abs=1e-12)

@@ -33,6 +33,12 @@ def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+@pytest.fixture(autouse=True)
+def _seed_global_generator():
+    """SpectrumMLP's xavier initialisation draws from the global generator: seed it in every test."""
+    torch.manual_seed(0)
+
+
 def _random_gm(b, k, c, spatial, spread=1.0, logstd=-1.0, dtype=F64, seed=0) -> GaussianMixture:
     g = _gen(seed)
     means = spread * torch.randn(b, k, c, *spatial, generator=g, dtype=dtype)
@@ -170,7 +176,8 @@ def test_spectrum_crop_keeps_the_fft_frequencies_of_the_smaller_grid(size):
     net = SpectrumMLP(1, base_size=base).double()
     with torch.no_grad():
         net.mlp[-1].bias.copy_(g(fb[:, None], fb[None, :]).reshape(-1))
-    log_power = net(IsoGaussian(torch.randn(2, 1, h, w, dtype=F64), torch.ones(2, 1, 1, 1, dtype=F64)))
+    mean = torch.randn(2, 1, h, w, dtype=F64, generator=_gen(40))
+    log_power = net(IsoGaussian(mean, torch.ones(2, 1, 1, 1, dtype=F64)))
     expect = torch.zeros(h, w, dtype=F64)
     for i, fys in enumerate(_grid_freqs(h, base)):
         for j, fxs in enumerate(_grid_freqs(w, base)):
@@ -386,30 +393,111 @@ def _model_fn(x_t, sigma):
     return _tiny_gm_u(x_t)
 
 
-def test_gm_sde_with_spectral_sampling_runs_end_to_end():
+def _np_dht2(x: np.ndarray) -> np.ndarray:
+    """The 2D DHT by its definition: sum_n x[n] (cos - sin)(2 pi <k, n/N>) / sqrt(HW) over the last two axes."""
+    h, w = x.shape[-2:]
+    kh, kw = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    kh, kw = kh.reshape(-1), kw.reshape(-1)
+    theta = 2 * np.pi * (np.outer(kh, kh) / h + np.outer(kw, kw) / w)
+    m = (np.cos(theta) - np.sin(theta)) / np.sqrt(h * w)
+    return (x.reshape(*x.shape[:-2], h * w) @ m.T).reshape(x.shape)
+
+
+def _np_inverse_cdf(means: np.ndarray, wts: np.ndarray, std: np.ndarray, zeta: np.ndarray) -> np.ndarray:
+    """Per pixel of a C = 1 GM (means, weights (B, K, H, W), std (B,)): the x with CDF(x) = Phi(zeta), by 200-step
+    bisection in float64."""
+    target = ndtr(zeta)  # (B, H, W)
+    sd = std.reshape(-1, 1, 1, 1)
+    lo, hi = np.full(target.shape, -60.0), np.full(target.shape, 60.0)
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        below = (wts * ndtr((mid[:, None] - means) / sd)).sum(1) < target
+        lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
+    return 0.5 * (lo + hi)
+
+
+def _np_spectrum(net: SpectrumMLP, mean: np.ndarray, var: np.ndarray) -> np.ndarray:
+    """SpectrumMLP written out in numpy from its parameters (image size = base size, so no crop): the stats (mean of
+    the variance, channel-averaged unbiased spatial variance of the mean), the Linear / SiLU stack, then
+    log_softmax over the H W frequencies + log(H W)."""
+    b, c, h, w = mean.shape
+    z = np.stack([np.broadcast_to(var, (b, 1, h, w)).reshape(b, -1).mean(1), mean.var(axis=(2, 3), ddof=1).mean(1)],
+                 axis=1)  # fmt: skip
+    for layer in net.mlp:
+        if isinstance(layer, torch.nn.Linear):
+            z = z @ layer.weight.detach().double().numpy().T + layer.bias.detach().double().numpy()
+        else:
+            assert isinstance(layer, torch.nn.SiLU)
+            z = z / (1 + np.exp(-z))
+    logits = z.reshape(b, c, h * w)
+    logits = logits - logits.max(-1, keepdims=True)
+    return (logits - np.log(np.exp(logits).sum(-1, keepdims=True)) + np.log(h * w)).reshape(b, c, h, w)
+
+
+def _np_spectral_gm_sde(net, x_init, nfe, generator):
+    """First-order GM-SDE with spectral x0 sampling in float64 for the C = 1 model _model_fn, drawing the solver's
+    random numbers in its order (the spectral N(0, I), then the transition N(0, I))."""
+    x = x_init.double().numpy()
+    sig = [1 - i / nfe for i in range(nfe)] + [0.0]
+    for i in range(nfe):
+        s, s_to = sig[i], sig[i + 1]
+        gm_u = _model_fn(torch.from_numpy(x).float(), None)
+        means = x[:, None] - s * gm_u.means.double().numpy()  # (B, K, 1, H, W) x0-space
+        wts = np.exp(gm_u.logweights.double().numpy())[:, :, 0]  # (B, K, H, W)
+        std = s * np.exp(gm_u.logstds.double().numpy()).reshape(-1)
+        m = (wts[:, :, None] * means).sum(1)  # (B, 1, H, W)
+        v = (wts[:, :, None] * (means - m[:, None]) ** 2).sum(1).mean(1, keepdims=True) + std.reshape(-1, 1, 1, 1) ** 2
+        p = _np_spectrum(net, m, v)
+        eps = torch.randn(x.shape, generator=generator).double().numpy()
+        x0 = _np_inverse_cdf(means[:, :, 0], wts, std, _np_dht2(eps * np.exp(0.5 * p))[:, 0])[:, None]
+        a, a_to = 1 - s, 1 - s_to  # q(x_to | x_t, x0) by conditioning the forward chain x_to -> x_t on x0
+        rho = a / a_to
+        c1 = rho * s_to**2 / s**2
+        c2, c3 = a_to - c1 * a, s_to**2 - c1 * rho * s_to**2
+        noise = torch.randn(x.shape, generator=generator).double().numpy()
+        x = c1 * x + c2 * x0 + np.sqrt(max(c3, 0.0)) * noise
+    return x
+
+
+def test_gm_sde_with_spectral_sampling_matches_reference():
+    """Truth: the numpy float64 reference above (the spectrum net, the DHT and the KR inverse CDF all written out)
+    with the same random numbers, at NFE 1 (x0 itself) and NFE 2 (one transition step with c3 > 0); at NFE 1 the
+    second-order solver only fills its cache and its target has the same mean variance, so GM-SDE 2 gives the same
+    sample. The run is reproducible for a fixed generator."""
     net = SpectrumMLP(1, base_size=8)
     with torch.no_grad():
         net.mlp[-1].weight.normal_(generator=_gen(22))
         net.mlp[-1].bias.normal_(generator=_gen(23))
     sampler = spectral_x0_sampler(net)
     x_init = torch.randn(2, 1, 8, 8, generator=_gen(24))
-    out = sample_gm_sde(_model_fn, x_init, sigma_grid(4), generator=_gen(25), x0_sampler=sampler)
-    assert out.shape == (2, 1, 8, 8) and torch.isfinite(out).all()
-    again = sample_gm_sde(_model_fn, x_init, sigma_grid(4), generator=_gen(25), x0_sampler=sampler)
-    torch.testing.assert_close(out, again, rtol=0, atol=0)
-    out2 = sample_gm_sde(_model_fn, x_init, sigma_grid(4), generator=_gen(25), order=2, x0_sampler=sampler)
-    assert torch.isfinite(out2).all()
+    for nfe in (1, 2):
+        ref = _np_spectral_gm_sde(net, x_init, nfe, _gen(25))
+        out = sample_gm_sde(_model_fn, x_init, sigma_grid(nfe), generator=_gen(25), x0_sampler=sampler)
+        np.testing.assert_allclose(out.double().numpy(), ref, rtol=0, atol=2e-4)
+        again = sample_gm_sde(_model_fn, x_init, sigma_grid(nfe), generator=_gen(25), x0_sampler=sampler)
+        torch.testing.assert_close(out, again, rtol=0, atol=0)
+    ref1 = _np_spectral_gm_sde(net, x_init, 1, _gen(25))
+    out2 = sample_gm_sde(_model_fn, x_init, sigma_grid(1), generator=_gen(25), order=2, x0_sampler=sampler)
+    np.testing.assert_allclose(out2.double().numpy(), ref1, rtol=0, atol=2e-4)
 
 
 def test_spectral_x0_sampler_composes_net_noise_and_kr():
-    gm = _random_gm(2, 1, 1, (8, 8), spread=1.0, logstd=-0.5, dtype=torch.float32, seed=26)
+    """Truth (numpy float64): P = log_softmax(bias) + log(HW) from the net's last bias (its weight is zero), S the
+    sampler's own N(0, 1) draw times e^{P/2} (same generator), zeta by the explicit cas sum, and x0 the per-pixel
+    inverse CDF of the K = 2, C = 1 GM at Phi(zeta) by bisection."""
+    gm = _random_gm(2, 2, 1, (8, 8), spread=1.0, logstd=-0.5, dtype=torch.float32, seed=26)
     net = SpectrumMLP(1, base_size=8)
     with torch.no_grad():
         net.mlp[-1].bias.normal_(generator=_gen(27))
-    target = gm.iso_gaussian()
-    x0 = spectral_x0_sampler(net)(gm, target, _gen(28))
-    zeta = dht2(torch.randn(2, 1, 8, 8, generator=_gen(28)) * (0.5 * net(target)).exp())
-    torch.testing.assert_close(x0, gm.means[:, 0] + gm.logstds[:, 0].exp() * zeta.detach())  # K = 1, C = 1: R = 1
+    x0 = spectral_x0_sampler(net)(gm, gm.iso_gaussian(), _gen(28))
+    logits = net.mlp[-1].bias.detach().double().numpy()
+    p = (logits - np.log(np.exp(logits).sum()) + np.log(64)).reshape(1, 1, 8, 8)
+    eps = torch.randn(2, 1, 8, 8, generator=_gen(28)).double().numpy()
+    zeta = _np_dht2(eps * np.exp(0.5 * p))[:, 0]
+    wts = np.exp(gm.logweights.double().numpy())[:, :, 0]
+    expect = _np_inverse_cdf(gm.means.double().numpy()[:, :, 0], wts, np.exp(gm.logstds.double().numpy()).reshape(-1),
+                             zeta)  # fmt: skip
+    np.testing.assert_allclose(x0.double().numpy()[:, 0], expect, rtol=0, atol=2e-4)
 
 
 def test_white_spectral_gm_sde_matches_pixelwise_gm_sde():
