@@ -16,7 +16,7 @@ import torch
 import torchdiffeq
 from oracles import F64, GaussianData, iso_logpdf
 
-from baselines import lfm
+from baselines import lfm, lfm_likelihood
 from baselines.fm import fm_pair
 from gmflow.experiments.lfm import blocks as hlfm
 from gmflow.harness import io
@@ -270,7 +270,10 @@ def test_fixed_step_convergence_orders(kind):
 def test_divergence_uses_the_jacobian_diagonal():
     """v = (x0^2, x0 x1): div = 2 x0 + x0 = 3 x0 (the off-diagonal d v_1 / d x0 = x1 must not be added)."""
     x = torch.randn(5, 2, generator=_gen(9), dtype=F64)
-    v, div = lfm.divergence(lambda y, t: torch.stack([y[:, 0] ** 2, y[:, 0] * y[:, 1]], 1), x, torch.zeros(5))
+    def field(y, t):
+        return torch.stack([y[:, 0] ** 2, y[:, 0] * y[:, 1]], 1)
+
+    v, div = lfm_likelihood.divergence(field, x, torch.zeros(5))
     torch.testing.assert_close(div, 3 * x[:, 0])
     torch.testing.assert_close(v, torch.stack([x[:, 0] ** 2, x[:, 0] * x[:, 1]], 1))
 
@@ -281,13 +284,13 @@ def test_log_likelihood_of_exact_blocks_is_the_gaussian_log_density(kind):
     blocks = [b.velocity for b in exact_blocks(HS, kind)]
     x = M + 1.5 * S * torch.randn(64, 2, generator=_gen(10), dtype=F64)
     truth = torch.from_numpy(iso_logpdf(x.numpy(), M.numpy(), S**2))
-    ll = lfm.log_likelihood(blocks, x, num_steps=160)  # RK4 error ~ 2e-9
+    ll = lfm_likelihood.log_likelihood(blocks, x, num_steps=160)  # RK4 error ~ 2e-9
     torch.testing.assert_close(ll, truth, rtol=0, atol=1e-8)
-    e1 = (lfm.log_likelihood(blocks, x, 20, "euler") - truth).abs().max()
-    e2 = (lfm.log_likelihood(blocks, x, 40, "euler") - truth).abs().max()
+    e1 = (lfm_likelihood.log_likelihood(blocks, x, 20, "euler") - truth).abs().max()
+    e2 = (lfm_likelihood.log_likelihood(blocks, x, 40, "euler") - truth).abs().max()
     assert 1.6 < e1 / e2 < 2.4
-    e_tight = (lfm.log_likelihood(blocks, x, method="dopri5", rtol=1e-9, atol=1e-9) - truth).abs().max()
-    e_loose = (lfm.log_likelihood(blocks, x, method="dopri5", rtol=1e-3, atol=1e-3) - truth).abs().max()
+    e_tight = (lfm_likelihood.log_likelihood(blocks, x, method="dopri5", rtol=1e-9, atol=1e-9) - truth).abs().max()
+    e_loose = (lfm_likelihood.log_likelihood(blocks, x, method="dopri5", rtol=1e-3, atol=1e-3) - truth).abs().max()
     assert e_tight < 1e-7 and e_tight < e_loose
 
 

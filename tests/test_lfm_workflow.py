@@ -17,6 +17,7 @@ import yaml
 from project import SCHEMA, validate_config
 
 from baselines import lfm as blfm
+from baselines import lfm_likelihood
 from gmflow.experiments import cli
 from gmflow.experiments.lfm import chain as lfm_chain
 from gmflow.experiments.lfm import cli as lfm_commands
@@ -246,7 +247,7 @@ def test_nll_rows_for_gmm2d(chain):
     assert set(df.nfe) == {N * 2 * 4} and set(df.num_samples) == {40} and set(df.method) == {"lfm"}
     # the rows' model NLL is the library's log-likelihood of the chain (RK4, 2 steps per block)
     nets = [lfm_chain.load_block(b)[0] for b in _blocks(chain)]
-    ll = blfm.log_likelihood([block_velocity(n) for n in nets], torch.from_numpy(x).float(), 2)
+    ll = lfm_likelihood.log_likelihood([block_velocity(n) for n in nets], torch.from_numpy(x).float(), 2)
     assert v["nll"] == pytest.approx(-ll.double().mean().item(), rel=1e-5)
 
 
@@ -263,7 +264,7 @@ def test_adaptive_nll_rows_are_the_library_dopri5_solve(chain):
     assert {"nll_coarse", "nll_coarse_diff_se"} <= set(v) and np.isfinite(v["nll_coarse"])
     x = np.load(chain / "ref.npz")["samples"][:10].astype(np.float64)
     nets = [lfm_chain.load_block(b)[0] for b in _blocks(chain)]
-    ll = blfm.log_likelihood([block_velocity(n) for n in nets], torch.from_numpy(x).float(), method="dopri5",
+    ll = lfm_likelihood.log_likelihood([block_velocity(n) for n in nets], torch.from_numpy(x).float(), method="dopri5",
                              rtol=1e-3, atol=1e-3)
     assert v["nll"] == pytest.approx(-ll.double().mean().item(), rel=1e-5)
     assert set(df.solver) == {"dopri5"} and (df.nfe > 6 * N).all()

@@ -15,7 +15,8 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from baselines.lfm import NFECounter, log_likelihood, sample_chain, sample_chain_distilled
+from baselines.lfm import NFECounter, sample_chain, sample_chain_distilled
+from baselines.lfm_likelihood import log_likelihood
 from gmflow.experiments.lfm.blocks import block_student, block_velocity
 from gmflow.harness import io
 from gmflow.harness.runs import build_network, read_spec
