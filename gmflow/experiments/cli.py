@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     name = " ".join(x for x in (args.command, getattr(args, "stage", None)) if x)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, FloatingPointError) as e:
         print(f"gmflow-bench {name}: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -53,7 +53,12 @@ def generate(net: nn.Module, method: str, solver: str, nfe: int, num_samples: in
         network = Counted(NetworkFn(net))
         model = model_fn(network, method, solver, guidance, scale, orthogonal, y, null_label)
         x_init = torch.randn((n, *sample_shape), generator=gen)
-        out.append(fn(model, x_init, sigmas, generator=gen, **kwargs).float().numpy())
+        x = fn(model, x_init, sigmas, generator=gen, **kwargs).float()
+        if not torch.isfinite(x).all():
+            bad = int((~torch.isfinite(x.flatten(1)).all(1)).sum())
+            raise FloatingPointError(f"{solver} at NFE {nfe} gave {bad} of {n} non-finite samples in block {b} of seed "
+                                     f"{seed}: the weights or the guidance settings are broken; nothing was written")
+        out.append(x.numpy())
         nfes.add(model.calls)
         forwards += network.calls
     if len(nfes) != 1:

@@ -61,6 +61,12 @@ class TrainConfig:
             raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
         if self.ema not in EMA_KINDS:
             raise ValueError(f"ema must be one of {EMA_KINDS}, got {self.ema!r}")
+        for name, ok in (("weight_scale", self.weight_scale > 0), ("spectral_weight", self.spectral_weight >= 0),
+                         ("time_shift", self.time_shift > 0)):
+            value = getattr(self, name)
+            if not (ok and math.isfinite(value)):
+                raise ValueError(f"{name} = {value!r} is out of range (weight_scale, time_shift > 0; spectral_weight "
+                                 ">= 0; all finite)")
 
 
 EMA_KINDS = ("power", "rampup")
@@ -129,6 +135,22 @@ class LoopSettings:
     batch_size: int = 1
     schedule: str = "constant"
 
+    def __post_init__(self):
+        checks = {"lr": self.lr > 0, "weight_decay": self.weight_decay >= 0, "ema_gamma": self.ema_gamma >= 0,
+                  "grad_clip": self.grad_clip >= 0, "ema_kimg": self.ema_kimg > 0,
+                  "ema_rampup": 0 < self.ema_rampup <= 1}
+        for name, ok in checks.items():  # a NaN fails every comparison, so it is refused here too
+            value = getattr(self, name)
+            if not (ok and math.isfinite(value)):
+                raise ValueError(f"training setting {name} = {value!r} is out of range (lr, ema_kimg > 0; "
+                                 "weight_decay, ema_gamma, grad_clip >= 0; 0 < ema_rampup <= 1; all finite)")
+        if self.steps < 1 or self.warmup_steps < 0 or self.checkpoint_every < 1 or self.batch_size < 1:
+            raise ValueError(f"need steps, checkpoint_every, batch_size >= 1 and warmup_steps >= 0; got {self.steps}, "
+                             f"{self.checkpoint_every}, {self.batch_size}, {self.warmup_steps}")
+        if self.ema not in EMA_KINDS or self.schedule not in ("constant", "cosine"):
+            raise ValueError(f"ema must be one of {EMA_KINDS} and schedule constant or cosine, got {self.ema!r}, "
+                             f"{self.schedule!r}")
+
     def lr_factor(self, i: int) -> float:
         """Learning-rate factor after ``i`` steps: linear warm-up from 0.001x, then constant or a cosine decay to 0."""
         warm = max(self.warmup_steps, 1)
@@ -141,6 +163,15 @@ class LoopSettings:
         if self.ema == "rampup":
             return rampup_ema_beta(step, self.batch_size, self.ema_kimg, self.ema_rampup)
         return karras_ema_beta(step, self.ema_gamma)
+
+
+def check_finite(module: nn.Module, what: str, step: int) -> None:
+    """Raise ``FloatingPointError`` naming the first parameter of ``module`` with a non-finite value (checked before
+    every checkpoint, so the last checkpoint on disk stays a good one)."""
+    for name, p in module.named_parameters():
+        if not torch.isfinite(p).all():
+            raise FloatingPointError(f"non-finite {what} at step {step}: parameter {name!r} holds NaN or Inf; the "
+                                     "last checkpoint was kept; lower the learning rate or check the settings")
 
 
 @dataclass
@@ -211,6 +242,8 @@ def optimise(
             start, elapsed, loss_value = state["step"], state["elapsed"], state.get("loss", float("nan"))
 
     def checkpoint(step: int, seconds: float) -> None:
+        check_finite(model, "weights", step)
+        check_finite(ema, "EMA weights", step)
         io.save_state({"net": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
                               "sched": sched.state_dict(), "gen": gen.get_state(), "step": step,
                               "elapsed": seconds, "loss": loss_value, "identity": identity}, state_path)

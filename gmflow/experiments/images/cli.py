@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -63,6 +64,10 @@ def cmd_sample(a) -> None:
         raise ValueError(f"--guidance-scale {a.guidance_scale} needs --guidance cfg or probabilistic")
     if a.guidance == "probabilistic" and not 0 <= a.guidance_scale < 1:
         raise ValueError(f"probabilistic guidance scale w-tilde must be in [0, 1), got {a.guidance_scale}")
+    if a.guidance == "cfg" and not 1 <= a.guidance_scale < math.inf:
+        raise ValueError(f"CFG scale w must be a finite number >= 1 (1 = no guidance), got {a.guidance_scale}")
+    if not 0 <= a.orthogonal <= 1:
+        raise ValueError(f"--orthogonal must be in [0, 1] (0 = no projection, 1 = full), got {a.orthogonal}")
     out, rec = sample_images(a.run_dir, a.solver, a.nfe, a.num_samples, a.seed, a.block_size, a.substeps,
                              a.guidance, a.guidance_scale, a.orthogonal, a.spectral, progress=not a.quiet)
     io.save_npz(Path(a.out), **out, record=json.dumps(rec))
