@@ -6,6 +6,7 @@ Truths: the message fragments each case must show, the exit code, and the files 
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -132,3 +133,20 @@ def test_bad_guidance_is_refused_before_sampling(case, image_run, tmp_path, caps
     assert fragment in err and "Traceback" not in err
     assert not out.exists() and not out.with_suffix(".json").exists()
 
+
+
+def test_training_into_a_folder_of_another_dataset_restarts(tmp_path, capsys):
+    """Rerunning train into an existing folder with another dataset does not continue the old model: the state
+    belongs to another run, so training starts again and ends with the weights of a fresh run on the new data."""
+    base = [a for a in TRAIN_2D if a != "checkerboard"]
+    i = base.index("--dataset")
+    out, fresh = tmp_path / "run", tmp_path / "fresh"
+    first = [*base[: i + 1], "checkerboard", *base[i + 1 :]]
+    second = [*base[: i + 1], "gmm2d", *base[i + 1 :]]
+    assert main([*first, "--steps", "2", "--out", str(out)]) == 0
+    assert main([*second, "--out", str(out)]) == 0
+    assert "training from the start" in capsys.readouterr().out
+    assert main([*second, "--out", str(fresh)]) == 0
+    a, b = io.load_safetensors(out / "ema.safetensors"), io.load_safetensors(fresh / "ema.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in b)
+    assert json.loads((out / "run.json").read_text())["dataset"] == "gmm2d"

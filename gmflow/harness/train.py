@@ -291,6 +291,7 @@ def train(
     loss_fn: LossFn,
     progress: bool = True,
     spectrum_net: nn.Module | None = None,
+    run_spec: dict | None = None,
 ) -> dict:
     """Train ``net`` with ``loss_fn`` (:mod:`gmflow.harness.losses`) and write ``out_dir/{model,ema}.safetensors``
     and ``train_log.csv``.
@@ -300,7 +301,8 @@ def train(
     and is saved as ``spectrum_ema.safetensors``.
 
     Resumable (:func:`optimise`): a killed run started again continues from its last checkpoint; a state saved with
-    other settings (all but ``steps``, ``checkpoint_every`` and ``snapshot_steps``) is discarded, not continued.
+    other settings (all but ``steps``, ``checkpoint_every`` and ``snapshot_steps``) or of another ``run_spec``
+    (dataset, network, data) is discarded, not continued.
 
     Snapshots: at each step ``k`` of ``cfg.snapshot_steps`` the EMA weights go to
     ``out_dir/snapshots/step{k}/ema.safetensors`` (and ``spectrum_ema.safetensors``) with the training seconds so
@@ -335,6 +337,7 @@ def train(
     settings = LoopSettings(cfg.steps, cfg.lr, cfg.weight_decay, cfg.warmup_steps, cfg.ema_gamma, cfg.grad_clip,
                             cfg.checkpoint_every, cfg.ema, cfg.ema_kimg, cfg.ema_rampup, cfg.batch_size)
     identity = {k: v for k, v in asdict(cfg).items() if k not in ("steps", "checkpoint_every", "snapshot_steps")}
+    identity["run"] = run_spec  # dataset, network, K, data root: a state of another run is never continued
     res = optimise(bundle, step_loss, settings, gen, out_dir, desc=f"train {cfg.method}", progress=progress,
                    identity=identity, on_other_run="restart", at_step=snapshot)
     meta = {"steps": cfg.steps, "train_seconds": round(res.elapsed, 2)}

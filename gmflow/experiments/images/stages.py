@@ -44,7 +44,9 @@ def train_images(spec: dict, cfg, out_dir: str | Path, data_root: str | None = N
         idx = torch.randint(len(x), (n,), generator=gen)
         return x[idx], y[idx]
 
-    return train(net, cfg, sample_batch, out_dir, make_loss(cfg, spectrum), progress=progress, spectrum_net=spectrum)
+    run_spec = {**spec, "data_root": None if data_root is None else str(Path(data_root).resolve())}
+    return train(net, cfg, sample_batch, out_dir, make_loss(cfg, spectrum), progress=progress, spectrum_net=spectrum,
+                 run_spec=run_spec)
 
 
 def make_snapshot_run(run_dir: str | Path, step: int, out: str | Path) -> dict:

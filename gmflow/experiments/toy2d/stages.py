@@ -32,7 +32,7 @@ def train_2d(spec: dict, cfg: TrainConfig, out_dir: str | Path, progress: bool =
     net, _ = build_network(spec)
     ds = get_dataset_2d(spec["dataset"])
     torch.manual_seed(cfg.seed)
-    return train(net, cfg, lambda n, g: ds.sample(n, g), out_dir, make_loss(cfg), progress=progress)
+    return train(net, cfg, lambda n, g: ds.sample(n, g), out_dir, make_loss(cfg), progress=progress, run_spec=spec)
 
 
 def sample_2d(run_dir: str | Path, solver: str, nfe: int, num_samples: int, seed: int, block_size: int,
