@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from baselines.samplers import cfg_velocity
-from gmflow.gm import GaussianMixture
+from gmflow.gm import GaussianMixture, bcast
 from gmflow.guidance import GMPrediction, guided_gm_prediction
 from gmflow.harness import registry
 from gmflow.schedule import sigma_to_timestep
@@ -104,8 +104,7 @@ class GMAsVelocity:
         out = self.fn(x_t, sigma)
         if isinstance(out, GaussianMixture):  # unguided: the velocity GM's own mean
             return out.mean()
-        s = sigma.view(-1, *([1] * (x_t.dim() - 1))).float()
-        return (x_t.float() - out.gm.mean()) / s.clamp(min=1e-6)
+        return (x_t.float() - out.gm.mean()) / bcast(sigma, x_t.dim()).float().clamp(min=1e-6)
 
 
 def model_fn(network: Counted, method: str, solver: str, guidance: str = "none", scale: float = 0.0,

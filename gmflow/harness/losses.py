@@ -32,7 +32,6 @@ def sample_sigma(n: int, kind: str, shift: float, generator: torch.Generator) ->
     return shift_sigma(s, shift).clamp(min=1e-4, max=1.0)
 
 
-
 @dataclass(frozen=True)
 class FlowMatchingLoss:
     """L2 flow matching: ``|| v(x_t, t) - (eps - x0) ||^2`` (the baseline of the paper)."""

@@ -20,7 +20,7 @@ DIT_OVERRIDES = ("patch_size", "depth", "width", "num_heads")
 
 
 def _head(method: str) -> str:
-    if method not in registry.METHODS and method != "lfm":
+    if method not in registry.METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {registry.METHODS}")
     return "gm" if method == "gmflow" else "velocity"
 

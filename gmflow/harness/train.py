@@ -53,20 +53,21 @@ class TrainConfig:
             raise ValueError(f"snapshot_steps must lie in [1, steps) = [1, {self.steps}), got {self.snapshot_steps}")
         if self.method not in ("gmflow", "fm"):
             raise ValueError(f"method must be 'gmflow' or 'fm', got {self.method!r}")
-        if self.steps < 1 or self.batch_size < 1:
-            raise ValueError(f"steps and batch_size must be >= 1, got {self.steps} and {self.batch_size}")
+        self.loop_settings()  # the loop's own checks: steps, batch size, lr, decay, EMA, clipping
         if not 0 < self.trans_ratio <= 1:
             raise ValueError(f"trans_ratio must be in (0, 1], got {self.trans_ratio}")
         if not 0 <= self.label_dropout < 1:
             raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
-        if self.ema not in EMA_KINDS:
-            raise ValueError(f"ema must be one of {EMA_KINDS}, got {self.ema!r}")
         for name, ok in (("weight_scale", self.weight_scale > 0), ("spectral_weight", self.spectral_weight >= 0),
                          ("time_shift", self.time_shift > 0)):
             value = getattr(self, name)
             if not (ok and math.isfinite(value)):
                 raise ValueError(f"{name} = {value!r} is out of range (weight_scale, time_shift > 0; spectral_weight "
                                  ">= 0; all finite)")
+
+    def loop_settings(self) -> LoopSettings:
+        return LoopSettings(self.steps, self.lr, self.weight_decay, self.warmup_steps, self.ema_gamma, self.grad_clip,
+                            self.checkpoint_every, self.ema, self.ema_kimg, self.ema_rampup, self.batch_size)
 
 
 EMA_KINDS = ("power", "rampup")
@@ -245,8 +246,8 @@ def optimise(
         check_finite(model, "weights", step)
         check_finite(ema, "EMA weights", step)
         io.save_state({"net": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                              "sched": sched.state_dict(), "gen": gen.get_state(), "step": step,
-                              "elapsed": seconds, "loss": loss_value, "identity": identity}, state_path)
+                       "sched": sched.state_dict(), "gen": gen.get_state(), "step": step,
+                       "elapsed": seconds, "loss": loss_value, "identity": identity}, state_path)
 
     pbar = tqdm(range(start, settings.steps), initial=start, total=settings.steps, disable=not progress, desc=desc,
                 mininterval=5)
@@ -334,8 +335,7 @@ def train(
         if spectrum_net is not None:
             io.save_safetensors(ema_bundle.spectrum.state_dict(), snap / "spectrum_ema.safetensors", meta)
 
-    settings = LoopSettings(cfg.steps, cfg.lr, cfg.weight_decay, cfg.warmup_steps, cfg.ema_gamma, cfg.grad_clip,
-                            cfg.checkpoint_every, cfg.ema, cfg.ema_kimg, cfg.ema_rampup, cfg.batch_size)
+    settings = cfg.loop_settings()
     identity = {k: v for k, v in asdict(cfg).items() if k not in ("steps", "checkpoint_every", "snapshot_steps")}
     identity["run"] = run_spec  # dataset, network, K, data root: a state of another run is never continued
     res = optimise(bundle, step_loss, settings, gen, out_dir, desc=f"train {cfg.method}", progress=progress,

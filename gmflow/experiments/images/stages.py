@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from gmflow.harness import io, registry
-from gmflow.harness.data_images import load_images, load_images_uint8, stratified_order, to_uint8
+from gmflow.harness.data_images import load_images, load_images_uint8, stratified_order
 from gmflow.harness.datasets import dataset_info
 from gmflow.harness.metrics_images import (
     feature_set,
@@ -87,14 +87,15 @@ def sample_images(run_dir, solver: str, nfe: int, num_samples: int, seed: int = 
     net, spectrum, spec = load_run(run_dir)
     if spectral and spectrum is None:
         raise ValueError(f"{run_dir} was trained without a SpectrumMLP; train it with --spectral to sample spectrally")
-    labels = dataset_info(spec["dataset"]).labels(num_samples)
+    info = dataset_info(spec["dataset"])
+    labels = info.labels(num_samples)
     x, rec = generate(net, spec["method"], solver, nfe, num_samples, tuple(spec["sample_shape"]), seed, block_size,
                       substeps, guidance, scale, orthogonal, labels, net.null_label, progress,
                       spectrum if spectral else None)
     rec.update(run=Path(run_dir).name, dataset=spec["dataset"], method=spec["method"], K=spec["num_components"],
                train_steps=spec["train"]["steps"], trans_ratio=spec["train"]["trans_ratio"],
                train_seconds=spec.get("train_seconds"))
-    out = {"images": to_uint8(torch.from_numpy(x)).numpy(), "labels": labels.numpy()}
+    out = info.sample_arrays(x, labels)
     return out, rec
 
 

@@ -61,17 +61,15 @@ class BlockTrainConfig:
     grad_clip: float = 0.0
 
     def __post_init__(self):
-        if not 0 <= self.label_dropout < 1 or self.grad_clip < 0:
-            raise ValueError(f"need 0 <= label_dropout < 1 and grad_clip >= 0, got {self.label_dropout} and "
-                             f"{self.grad_clip}")
+        if not 0 <= self.label_dropout < 1:
+            raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
         if self.interpolant not in INTERPOLANTS:
             raise ValueError(f"interpolant must be one of {sorted(INTERPOLANTS)}, got {self.interpolant!r}")
-        if self.steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1:
-            raise ValueError(f"steps, batch_size and checkpoint_every must be >= 1, got {self.steps}, "
-                             f"{self.batch_size} and {self.checkpoint_every}")
-        if not self.lr > 0 or self.warmup_steps < 0 or self.weight_decay < 0:
-            raise ValueError(f"need lr > 0, warmup_steps >= 0, weight_decay >= 0; got {self.lr}, "
-                             f"{self.warmup_steps}, {self.weight_decay}")
+        self.loop_settings()  # the loop's own checks: steps, batch size, lr, decay, EMA, clipping
+
+    def loop_settings(self) -> LoopSettings:
+        return LoopSettings(self.steps, self.lr, self.weight_decay, self.warmup_steps, self.ema_gamma, self.grad_clip,
+                            self.checkpoint_every, batch_size=self.batch_size)
 
 
 def block_velocity(net: nn.Module) -> VelocityFn:
@@ -139,9 +137,7 @@ def train_block(net: nn.Module, pool: Tensor, block_index: int, h: float | None,
         return lfm_loss(net(x_t, local_time_to_timestep(t), *cond), target).mean()
 
     kind = "free" if h is None else f"h={h:.4g}"
-    settings = LoopSettings(cfg.steps, cfg.lr, cfg.weight_decay, cfg.warmup_steps, cfg.ema_gamma, cfg.grad_clip,
-                            cfg.checkpoint_every)
-    res = optimise(net, step_loss, settings, gen, out_dir, desc=f"LFM block {block_index} ({kind})",
+    res = optimise(net, step_loss, cfg.loop_settings(), gen, out_dir, desc=f"LFM block {block_index} ({kind})",
                    progress=progress, identity=identity, what=f" of block {block_index}")
     ema, elapsed, loss_value = res.ema, res.elapsed, res.loss
     meta = {"block": block_index, "h": h, "interpolant": cfg.interpolant, "steps": cfg.steps,
@@ -204,11 +200,12 @@ class StudentTrainConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.steps < 1 or self.batch_size < 1 or self.warmup_steps < 0:
-            raise ValueError(f"need steps >= 1, batch_size >= 1, warmup_steps >= 0; got {self.steps}, "
-                             f"{self.batch_size}, {self.warmup_steps}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        self.loop_settings()  # the loop's own checks: steps, batch size, lr, warm-up
+
+    def loop_settings(self) -> LoopSettings:
+        """Warm-up then a cosine decay to 0; no weight decay or clipping; one checkpoint at the end."""
+        return LoopSettings(self.steps, self.lr, 0.0, self.warmup_steps, 0.0, 0.0, self.steps,
+                            batch_size=self.batch_size, schedule="cosine")
 
 
 def block_student(net: nn.Module, num_steps: int = 1) -> StudentFn:
@@ -261,10 +258,10 @@ def train_student(net: nn.Module, x_noisy: Tensor, x_data: Tensor, block_index: 
         y = None if labels is None else labels[idx]
         return distill_loss(student(x_noisy[idx], torch.ones(cfg.batch_size), y), x_data[idx]).mean()
 
-    settings = LoopSettings(cfg.steps, cfg.lr, 0.0, cfg.warmup_steps, 0.0, 0.0, cfg.steps, schedule="cosine")
     identity = {**asdict(cfg), "block": block_index, "kind": "student"}
-    res = optimise(net, step_loss, settings, gen, out_dir, desc=f"distil block {block_index}", progress=progress,
-                   identity=identity, on_other_run="restart", what=f" (distillation of block {block_index})")
+    res = optimise(net, step_loss, cfg.loop_settings(), gen, out_dir, desc=f"distil block {block_index}",
+                   progress=progress, identity=identity, on_other_run="restart",
+                   what=f" (distillation of block {block_index})")
     elapsed = res.elapsed
     tail = res.losses[-max(1, len(res.losses) // 10) :]
     meta = {"block": block_index, "kind": "student", "student_steps": 1, "steps": cfg.steps,

@@ -52,7 +52,8 @@ def cmd_train(a) -> None:
 
 
 def cmd_sample(a) -> None:
-    from gmflow.experiments.toy2d.stages import evaluate_2d, sample_2d, save_samples
+    from gmflow.experiments.toy2d.stages import sample_2d, save_samples
+    from gmflow.harness.metrics2d import metric_rows_2d
 
     torch.set_num_threads(a.threads)
     if a.metrics_out and not a.reference:
@@ -61,11 +62,12 @@ def cmd_sample(a) -> None:
                        progress=not a.quiet)
     save_samples(a.out, x, rec, io.provenance(args_record(a), kind="sample", **rec))
     if a.metrics_out:  # evaluate in the same process (saves a job start per sample set)
-        io.save_csv(evaluate_2d(x, rec, np.load(a.reference)["samples"], a.knn_points), a.metrics_out)
+        io.save_csv(metric_rows_2d(x, rec, np.load(a.reference)["samples"], a.knn_points), a.metrics_out)
 
 
 def cmd_evaluate(a) -> None:
-    from gmflow.experiments.toy2d.stages import evaluate_2d, reference_record
+    from gmflow.experiments.toy2d.stages import reference_record
+    from gmflow.harness.metrics2d import metric_rows_2d
 
     torch.set_num_threads(a.threads)
     data = np.load(a.samples)
@@ -76,7 +78,7 @@ def cmd_evaluate(a) -> None:
         rec = reference_record(a.dataset, len(data["samples"]), a.seed)
     if a.dataset and rec["dataset"] != a.dataset:
         raise ValueError(f"samples are from dataset {rec['dataset']!r} but --dataset is {a.dataset!r}")
-    io.save_csv(evaluate_2d(data["samples"], rec, ref, a.knn_points), a.out)
+    io.save_csv(metric_rows_2d(data["samples"], rec, ref, a.knn_points), a.out)
 
 
 def add_parsers(sub, fmt) -> None:

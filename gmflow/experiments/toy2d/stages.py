@@ -11,7 +11,6 @@ import torch
 from gmflow.harness import io
 from gmflow.harness.data2d import get_dataset_2d
 from gmflow.harness.losses import make_loss
-from gmflow.harness.metrics2d import metric_rows_2d as evaluate_2d  # noqa: F401 (the 2D evaluation stage)
 from gmflow.harness.runs import build_network, load_run
 from gmflow.harness.sampling import generate
 from gmflow.harness.train import TrainConfig, train
