@@ -12,6 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from gmflow.gm import draw
 from gmflow.guidance import orthogonal_projection
 from gmflow.schedule import transition_coefficients
 
@@ -96,7 +97,7 @@ def _ddpm(model_fn, x_init, sigmas, generator, large: bool) -> Tensor:
             std = ddpm_large_std(s, s_to)
         else:
             std = c3.clamp(min=0).sqrt()
-        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        noise = draw("randn", x, generator)
         x = c1 * x + c2 * velocity_to_x0(x, v, s) + std * noise
     return x
 

@@ -35,6 +35,15 @@ def bcast(v: Tensor | float, ndim: int) -> Tensor:
     return v.reshape(v.shape[0], *((1,) * (ndim - 1)))
 
 
+def draw(kind: str, like: Tensor, generator: torch.Generator | None) -> Tensor:
+    """``torch.rand`` (``kind = "rand"``) or ``torch.randn`` of ``like``'s shape and dtype, drawn on the generator's
+    device and moved to ``like``'s: a CPU generator gives the same numbers whether the sampler runs on a CPU or a GPU.
+    """
+    fn = torch.rand if kind == "rand" else torch.randn
+    device = generator.device if generator is not None else like.device
+    return fn(like.shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
+
+
 def sample_dims(x: Tensor) -> tuple[int, ...]:
     """Dimensions C, *S of a sample tensor (B, C, *S): the per-sample reduction of Eq. 13-14."""
     return tuple(range(1, x.dim()))
@@ -134,12 +143,12 @@ class GaussianMixture:
             ``(B, C, *S)``.
         """
         lw = self.logweights
-        uni = torch.rand(lw.shape, generator=generator, device=lw.device, dtype=lw.dtype)
+        uni = draw("rand", lw, generator)
         gumbel = -torch.log(-torch.log(uni.clamp(min=1e-20, max=1 - 1e-7)))
         k = torch.argmax(lw + gumbel, dim=1, keepdim=True)  # (B, 1, 1, *S)
         k = k.expand(-1, -1, self.num_channels, *([-1] * (lw.dim() - 3)))
         mu = torch.gather(self.means, 1, k).squeeze(1)
-        noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        noise = draw("randn", mu, generator)
         return mu + torch.exp(self.logstds.squeeze(1)) * noise
 
 

@@ -19,6 +19,7 @@ from gmflow.gm import (
     GaussianMixture,
     IsoGaussian,
     bcast,
+    draw,
     gaussian_ratio,
     gm_mul_gaussian,
     gm_recondition_mean,
@@ -138,7 +139,7 @@ def sample_gm_sde(
         gm, target = _outer_gm(pred, x, s, s_next, order, cache, ca, cb)
         x0 = x0_sampler(gm, target, generator) if x0_sampler is not None else gm.sample(generator)
         c1, c2, c3 = transition_coefficients(s, s_next)
-        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        noise = draw("randn", x, generator)
         x = c1 * x + c2 * x0 + c3.clamp(min=0).sqrt() * noise
     return x
 

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gmflow.gm import EPS, GaussianMixture, IsoGaussian, bcast
+from gmflow.gm import EPS, GaussianMixture, IsoGaussian, bcast, draw
 from gmflow.kr import gaussian_to_gm, gm_to_gaussian
 from gmflow.solvers import X0Sampler
 
@@ -73,7 +73,7 @@ def sample_spectral_noise(log_power: Tensor, generator: torch.Generator | None =
     """
     dtype = torch.promote_types(log_power.dtype, torch.float32)
     p = log_power.to(dtype)
-    eps = torch.randn(p.shape, generator=generator, device=p.device, dtype=dtype)  # (B, C, H, W)
+    eps = draw("randn", p, generator)  # (B, C, H, W), drawn on the generator's device
     return dht2(eps * torch.exp(0.5 * p))
 
 

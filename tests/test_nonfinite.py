@@ -38,7 +38,7 @@ def test_optimise_stops_on_a_non_finite_loss_before_the_update(tmp_path, bad):
     for d in ("bad", "good"):
         (tmp_path / d).mkdir()
 
-    def step_loss():
+    def step_loss(step, micro):
         calls.append(1)
         loss = model(x).square().mean()
         return loss * bad if len(calls) == 3 else loss
@@ -51,8 +51,8 @@ def test_optimise_stops_on_a_non_finite_loss_before_the_update(tmp_path, bad):
 
     good = _linear(0)
     two = LoopSettings(**{**SETTINGS.__dict__, "steps": 2})
-    optimise(good, lambda: good(x).square().mean(), two, torch.Generator().manual_seed(2), tmp_path / "good",
-             desc="t", progress=False)
+    optimise(good, lambda step, micro: good(x).square().mean(), two, torch.Generator().manual_seed(2),
+             tmp_path / "good", desc="t", progress=False)
     for p, q in zip(model.parameters(), good.parameters(), strict=True):
         assert torch.isfinite(p).all()
         torch.testing.assert_close(p, q, rtol=0, atol=0)

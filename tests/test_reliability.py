@@ -60,7 +60,7 @@ def test_non_finite_ema_stops_training_and_keeps_the_last_good_checkpoint(tmp_pa
                             checkpoint_every=2)
     calls = {"n": 0}
 
-    def step_loss():
+    def step_loss(step, micro):
         calls["n"] += 1
         if calls["n"] == 3:
             with torch.no_grad():

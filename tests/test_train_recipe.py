@@ -116,7 +116,7 @@ def test_optimise_applies_the_rampup_ema(tmp_path):
     ema_ref = [p.detach().clone() for p in model.parameters()]
     seen = []
 
-    def step_loss():
+    def step_loss(step, micro):
         x = torch.randn(8, 2, generator=gen)
         return (model(x) - 1).square().mean()
 

@@ -44,6 +44,26 @@ def substeps(s: str) -> str | int:
     return positive_int(s)
 
 
+def device_name(s: str) -> str:
+    """A device setting: auto, cpu, cuda, cuda:N or mps."""
+    from gmflow.harness.devices import check_device_name
+
+    try:
+        return check_device_name(s)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def add_device_args(s: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--precision`` (:mod:`gmflow.harness.devices`)."""
+    from gmflow.harness.devices import PRECISIONS
+
+    s.add_argument("--device", type=device_name, default="auto",
+                   help="auto (a GPU when present), cpu, cuda, cuda:N or mps (under torchrun: the local rank's GPU)")
+    s.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="bf16 autocasts the network's forward only; the GM algebra, losses and solvers stay float32")
+
+
 def args_record(a: argparse.Namespace) -> dict:
     """The parsed arguments of a sub-command, for provenance records."""
     return {k: v for k, v in vars(a).items() if k != "func"}
@@ -61,7 +81,11 @@ def add_training_args(s: argparse.ArgumentParser, *, steps: int, batch_size: int
     s.add_argument("--grad-clip", type=float, default=0.0, help="gradient-norm clip; 0 = off")
     s.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (none on biases and norms)")
     s.add_argument("--steps", type=positive_int, default=steps)
-    s.add_argument("--batch-size", type=positive_int, default=batch_size)
+    s.add_argument("--batch-size", type=positive_int, default=batch_size,
+                   help="global batch per optimisation step (all processes and accumulation steps together)")
+    s.add_argument("--micro-batch-size", type=nonneg_int, default=0,
+                   help="samples per forward pass; batch-size / micro-batch-size micro-batches are shared by the "
+                   "torchrun processes and accumulated; 0 = the whole batch in one pass")
     s.add_argument("--lr", type=float, default=lr)
     s.add_argument("--warmup-steps", type=nonneg_int, default=warmup_steps)
     s.add_argument("--ema", choices=("power", "rampup"), default="power",
@@ -74,6 +98,7 @@ def add_training_args(s: argparse.ArgumentParser, *, steps: int, batch_size: int
     s.add_argument("--checkpoint-every", type=positive_int, default=checkpoint_every)
     s.add_argument("--seed", type=nonneg_int, default=0)
     s.add_argument("--threads", type=positive_int, default=1)
+    add_device_args(s)
     s.add_argument("--quiet", action="store_true")
     s.add_argument("--out", required=True, help="run folder")
 
@@ -86,7 +111,8 @@ def train_config(a: argparse.Namespace, **extra):
                        weight_scale=a.weight_scale, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
                        warmup_steps=a.warmup_steps, ema_gamma=a.ema_gamma, ema=a.ema, ema_kimg=a.ema_kimg,
                        ema_rampup=a.ema_rampup, time_sampler=a.time_sampler, checkpoint_every=a.checkpoint_every,
-                       seed=a.seed, grad_clip=a.grad_clip, weight_decay=a.weight_decay, **extra)
+                       seed=a.seed, grad_clip=a.grad_clip, weight_decay=a.weight_decay,
+                       micro_batch_size=a.micro_batch_size, precision=a.precision, **extra)
 
 
 def add_sampling_args(s: argparse.ArgumentParser, *, num_samples: int, block_size: int) -> None:
@@ -102,5 +128,6 @@ def add_sampling_args(s: argparse.ArgumentParser, *, num_samples: int, block_siz
                    help=f"GM-ODE sub-steps: a rule ({', '.join(registry.SUBSTEP_RULES)}) or an integer")
     s.add_argument("--seed", type=nonneg_int, default=0)
     s.add_argument("--threads", type=positive_int, default=1)
+    add_device_args(s)
     s.add_argument("--quiet", action="store_true")
     s.add_argument("--out", required=True, help="output .npz")

@@ -144,3 +144,9 @@ def barrier(group: Distributed) -> None:
         import torch.distributed as dist
 
         dist.barrier()
+
+
+def launch(device: str = "auto") -> tuple[torch.device, Distributed]:
+    """The device and the process group of a training or sampling command (one call at the start of a command)."""
+    dev = resolve_device(device)
+    return dev, init_distributed(dev)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import math
@@ -15,9 +16,13 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from gmflow.harness import io
+from gmflow.harness.devices import Autocast, Distributed, barrier, check_precision
 from gmflow.harness.losses import LossFn
+from gmflow.harness.seeding import stream_generator
 
 STATE_FILE = "state.safetensors"  # resumable training state (safetensors + JSON header; never a pickle)
+SINGLE_PROCESS = Distributed()  # a run without torchrun
+TRAIN_STREAM = 0x7472  # key of the training data streams: (seed, TRAIN_STREAM, step, shard)
 
 
 @dataclass
@@ -46,6 +51,8 @@ class TrainConfig:
     spectral_weight: float = 1.0
     grad_clip: float = 0.0
     snapshot_steps: tuple[int, ...] = ()
+    micro_batch_size: int = 0
+    precision: str = "fp32"
 
     def __post_init__(self):
         self.snapshot_steps = tuple(sorted({int(k) for k in self.snapshot_steps}))
@@ -54,6 +61,10 @@ class TrainConfig:
         if self.method not in ("gmflow", "fm"):
             raise ValueError(f"method must be 'gmflow' or 'fm', got {self.method!r}")
         self.loop_settings()  # the loop's own checks: steps, batch size, lr, decay, EMA, clipping
+        if self.micro_batch_size < 0 or (self.micro_batch_size and self.batch_size % self.micro_batch_size):
+            raise ValueError(f"micro_batch_size must divide batch_size = {self.batch_size} (0 = the whole batch), "
+                             f"got {self.micro_batch_size}")
+        check_precision(self.precision)
         if not 0 < self.trans_ratio <= 1:
             raise ValueError(f"trans_ratio must be in (0, 1], got {self.trans_ratio}")
         if not 0 <= self.label_dropout < 1:
@@ -64,6 +75,11 @@ class TrainConfig:
             if not (ok and math.isfinite(value)):
                 raise ValueError(f"{name} = {value!r} is out of range (weight_scale, time_shift > 0; spectral_weight "
                                  ">= 0; all finite)")
+
+    @property
+    def num_shards(self) -> int:
+        """Micro-batches per global batch: the unit of data parallelism and gradient accumulation."""
+        return self.batch_size // (self.micro_batch_size or self.batch_size)
 
     def loop_settings(self) -> LoopSettings:
         return LoopSettings(self.steps, self.lr, self.weight_decay, self.warmup_steps, self.ema_gamma, self.grad_clip,
@@ -189,9 +205,9 @@ class LoopResult:
 
 def optimise(
     model: nn.Module,
-    step_loss: Callable[[], Tensor],
+    step_loss: Callable[[int, int], Tensor],
     settings: LoopSettings,
-    gen: torch.Generator,
+    gen: torch.Generator | None,
     out_dir: Path,
     *,
     desc: str,
@@ -200,18 +216,26 @@ def optimise(
     on_other_run: str = "raise",
     at_step: Callable[[int, nn.Module, float], None] | None = None,
     what: str = "",
+    micro_steps: int = 1,
+    group: Distributed = SINGLE_PROCESS,
+    sync_module: nn.Module | None = None,
 ) -> LoopResult:
     """The optimisation loop shared by every trainer: AdamW (no decay on biases and norms) with a linear warm-up from
     0.001x (then constant or cosine, ``settings.schedule``), gradient-norm clipping, an EMA (power-function or
     ramp-up), a progress bar, ``train_log.csv`` and a resumable ``out_dir/state.safetensors``.
 
-    ``step_loss()`` draws one batch from ``gen`` and returns the scalar loss of ``model``. ``at_step(step, ema,
-    seconds)`` runs after each step's EMA update (snapshots).
+    ``step_loss(step, j)`` draws micro-batch ``j`` of this process for optimisation step ``step`` (0-based) and
+    returns its mean loss; the gradients of the ``micro_steps`` micro-batches are accumulated (each scaled by
+    ``1 / micro_steps``). Under data parallelism (``group``) ``sync_module`` is the ``DistributedDataParallel``
+    wrapper that ``step_loss`` calls: it averages the gradients over processes at the last micro-batch (``no_sync``
+    before), every process then takes the same optimiser step, and process 0 alone writes files. ``at_step(step,
+    ema, seconds)`` runs after each step's EMA update (snapshots).
 
     Resuming: ``state.safetensors`` (atomic, no pickle, every ``checkpoint_every`` steps and at the end) holds the
-    weights, EMA, optimiser, schedule and ``gen``'s state, and ``identity`` (the settings that must not change). A
-    killed run started again, or a finished one called again with more steps, continues to the weights of one
-    uninterrupted run. A state of another identity raises (``on_other_run="raise"``) or is discarded with a notice
+    weights, EMA, optimiser, schedule, ``gen``'s state (when the batches come from ``gen``) and ``identity`` (the
+    settings that must not change). A killed run started again, or a finished one called again with more steps,
+    continues to the weights of one uninterrupted run, with any number of processes when the batches come from
+    per-step streams. A state of another identity raises (``on_other_run="raise"``) or is discarded with a notice
     (``"restart"``).
     """
     ema = copy.deepcopy(model).requires_grad_(False)
@@ -219,47 +243,55 @@ def optimise(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: settings.lr_factor(i))
     start, elapsed, loss_value = 0, 0.0, float("nan")
     state_path, log_path = out_dir / STATE_FILE, out_dir / "train_log.csv"
-    if (out_dir / "state.pt").exists():
+    if (out_dir / "state.pt").exists() and group.is_main:
         print(f"{out_dir / 'state.pt'} is a pickle from an older version and is never loaded (a pickle can run code); "
               f"resuming needs {STATE_FILE}", flush=True)
-    if state_path.exists():
-        state = io.load_state(state_path)
-        if identity is not None and state.get("identity") != identity:
-            if on_other_run != "restart":
-                raise ValueError(f"{state_path} belongs to another run ({state.get('identity')}), not {identity}; "
-                                 "use a new out_dir or delete the old one")
+    state = io.load_state(state_path) if state_path.exists() else None
+    barrier(group)  # every process has read the state before process 0 may replace or delete it
+    if state is not None and identity is not None and state.get("identity") != identity:
+        if on_other_run != "restart":
+            raise ValueError(f"{state_path} belongs to another run ({state.get('identity')}), not {identity}; "
+                             "use a new out_dir or delete the old one")
+        if group.is_main:
             print(f"{state_path} belongs to other settings: training from the start", flush=True)
             state_path.unlink()
             log_path.unlink(missing_ok=True)
-            state = None
-        if state is not None:
-            if state["step"] > settings.steps:
-                raise ValueError(f"{state_path} is at step {state['step']} > steps = {settings.steps}")
-            model.load_state_dict(state["net"])
-            ema.load_state_dict(state["ema"])
-            opt.load_state_dict(state["opt"])
-            sched.load_state_dict(state["sched"])
+        state = None
+    if state is not None:
+        if state["step"] > settings.steps:
+            raise ValueError(f"{state_path} is at step {state['step']} > steps = {settings.steps}")
+        model.load_state_dict(state["net"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        if gen is not None:
             gen.set_state(state["gen"])
-            start, elapsed, loss_value = state["step"], state["elapsed"], state.get("loss", float("nan"))
+        start, elapsed, loss_value = state["step"], state["elapsed"], state.get("loss", float("nan"))
 
     def checkpoint(step: int, seconds: float) -> None:
         check_finite(model, "weights", step)
         check_finite(ema, "EMA weights", step)
-        io.save_state({"net": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                       "sched": sched.state_dict(), "gen": gen.get_state(), "step": step,
-                       "elapsed": seconds, "loss": loss_value, "identity": identity}, state_path)
+        if group.is_main:
+            io.save_state({"net": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                           "sched": sched.state_dict(), "gen": None if gen is None else gen.get_state(),
+                           "step": step, "elapsed": seconds, "loss": loss_value, "identity": identity}, state_path)
 
-    pbar = tqdm(range(start, settings.steps), initial=start, total=settings.steps, disable=not progress, desc=desc,
-                mininterval=5)
+    pbar = tqdm(range(start, settings.steps), initial=start, total=settings.steps,
+                disable=not progress or not group.is_main, desc=desc, mininterval=5)
     log_rows, losses, t0 = [], [], time.perf_counter()
     for step in pbar:
-        loss = step_loss()
-        loss_value = loss.item()
+        opt.zero_grad(set_to_none=True)
+        total = 0.0
+        for j in range(micro_steps):
+            last = j == micro_steps - 1
+            with sync_module.no_sync() if sync_module is not None and not last else contextlib.nullcontext():
+                loss = step_loss(step, j)
+                (loss / micro_steps).backward()
+            total = total + loss.detach().float()
+        loss_value = _mean_over(total / micro_steps, group)
         losses.append(loss_value)
         if not math.isfinite(loss_value):
             raise FloatingPointError(f"non-finite loss {loss_value} at step {step + 1}{what}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
         if settings.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
         opt.step()
@@ -274,14 +306,41 @@ def optimise(
         if at_step is not None:
             at_step(step + 1, ema, elapsed + time.perf_counter() - t0)
         if (step + 1) % settings.checkpoint_every == 0 and step + 1 < settings.steps:
-            _append_log(log_path, log_rows)
+            if group.is_main:
+                _append_log(log_path, log_rows)
             log_rows = []
             checkpoint(step + 1, elapsed + time.perf_counter() - t0)
     elapsed += time.perf_counter() - t0
-    _append_log(log_path, log_rows)
+    if group.is_main:
+        _append_log(log_path, log_rows)
     if settings.steps > start:
         checkpoint(settings.steps, elapsed)
+    barrier(group)
     return LoopResult(ema, start, loss_value, elapsed, losses)
+
+
+def _mean_over(value: Tensor, group: Distributed) -> float:
+    """The mean of a scalar over the processes of ``group`` (the loss of the whole global batch)."""
+    if group.enabled:
+        import torch.distributed as dist
+
+        value = value.clone()
+        dist.all_reduce(value)
+        value /= group.world_size
+    return float(value)
+
+
+class _LossOf(nn.Module):
+    """The trained modules with the loss as their forward, so that ``DistributedDataParallel`` sees every parameter
+    the loss uses (the network, under autocast, and a SpectrumMLP)."""
+
+    def __init__(self, bundle: _Bundle, loss_fn: LossFn, precision: str, device: torch.device):
+        super().__init__()
+        self.bundle, self.loss_fn = bundle, loss_fn
+        self.net = Autocast(bundle.net, device, precision)
+
+    def forward(self, x0: Tensor, y: Tensor | None, gen: torch.Generator) -> Tensor:
+        return self.loss_fn(self.net, x0, y, gen).mean()
 
 
 def train(
@@ -293,13 +352,23 @@ def train(
     progress: bool = True,
     spectrum_net: nn.Module | None = None,
     run_spec: dict | None = None,
+    device: torch.device | str = "cpu",
+    group: Distributed = SINGLE_PROCESS,
 ) -> dict:
     """Train ``net`` with ``loss_fn`` (:mod:`gmflow.harness.losses`) and write ``out_dir/{model,ema}.safetensors``
     and ``train_log.csv``.
 
-    ``sample_batch(n, generator)`` returns ``x0`` or ``(x0, labels)``; labels are dropped to ``cfg.null_label`` with
-    probability ``cfg.label_dropout``. A ``spectrum_net`` (which ``loss_fn`` trains) shares the optimiser and the EMA
-    and is saved as ``spectrum_ema.safetensors``.
+    ``sample_batch(n, generator)`` returns ``x0`` or ``(x0, labels)`` on the CPU; labels are dropped to
+    ``cfg.null_label`` with probability ``cfg.label_dropout``. A ``spectrum_net`` (which ``loss_fn`` trains) shares the
+    optimiser and the EMA and is saved as ``spectrum_ema.safetensors``.
+
+    Batches: the global batch of ``cfg.batch_size`` consists of ``cfg.num_shards`` micro-batches of
+    ``cfg.micro_batch_size``; micro-batch ``j`` of step ``s`` is drawn from the stream ``(seed, TRAIN_STREAM, s, j)``
+    (:func:`gmflow.harness.seeding.stream_generator`). Under ``torchrun`` (``group``, gloo on the CPU, NCCL on GPUs)
+    process ``r`` of ``W`` computes micro-batches ``r, r + W, ...`` and ``DistributedDataParallel`` averages the
+    gradients, so any world size dividing ``num_shards`` trains the same model (equal up to floating-point error)
+    and a run resumes with another world size. ``device`` runs the network and the loss; ``cfg.precision`` ``bf16``
+    autocasts the network's forward only (the GM algebra and the losses stay in float32).
 
     Resumable (:func:`optimise`): a killed run started again continues from its last checkpoint; a state saved with
     other settings (all but ``steps``, ``checkpoint_every`` and ``snapshot_steps``) or of another ``run_spec``
@@ -313,20 +382,33 @@ def train(
     """
     if cfg.label_dropout > 0 and cfg.null_label < 0:
         raise ValueError("label_dropout needs the network's null_label (index of the unconditional class)")
+    shards = cfg.num_shards
+    if shards % group.world_size:
+        raise ValueError(f"{group.world_size} processes cannot share {shards} micro-batches per step (batch_size "
+                         f"{cfg.batch_size} / micro_batch_size {cfg.micro_batch_size or cfg.batch_size}); choose a "
+                         "micro_batch_size that makes batch_size / micro_batch_size a multiple of the process count")
+    micro_steps, micro_size = shards // group.world_size, cfg.batch_size // shards
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    bundle = _Bundle(net, spectrum_net)
+    device = torch.device(device)
+    bundle = _Bundle(net, spectrum_net).to(device)
+    loss_module = _LossOf(bundle, loss_fn, cfg.precision, device)
+    sync_module = None
+    if group.enabled:
+        from torch.nn.parallel import DistributedDataParallel
 
-    def step_loss() -> Tensor:
-        batch = sample_batch(cfg.batch_size, gen)
+        sync_module = DistributedDataParallel(loss_module, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def step_loss(step: int, j: int) -> Tensor:
+        gen = stream_generator(cfg.seed, TRAIN_STREAM, step, group.rank + j * group.world_size)
+        batch = sample_batch(micro_size, gen)
         x0, y = batch if isinstance(batch, tuple) else (batch, None)
         if y is not None:
-            y = drop_labels(y, cfg.label_dropout, cfg.null_label, gen)
-        return loss_fn(net, x0, y, gen).mean()
+            y = drop_labels(y, cfg.label_dropout, cfg.null_label, gen).to(device)
+        return (sync_module or loss_module)(x0.to(device), y, gen)
 
     def snapshot(step: int, ema_bundle: nn.Module, seconds: float) -> None:
-        if step not in cfg.snapshot_steps:
+        if step not in cfg.snapshot_steps or not group.is_main:
             return
         snap = out_dir / "snapshots" / f"step{step}"
         snap.mkdir(parents=True, exist_ok=True)
@@ -338,16 +420,20 @@ def train(
     settings = cfg.loop_settings()
     identity = {k: v for k, v in asdict(cfg).items() if k not in ("steps", "checkpoint_every", "snapshot_steps")}
     identity["run"] = run_spec  # dataset, network, K, data root: a state of another run is never continued
-    res = optimise(bundle, step_loss, settings, gen, out_dir, desc=f"train {cfg.method}", progress=progress,
-                   identity=identity, on_other_run="restart", at_step=snapshot)
+    res = optimise(bundle, step_loss, settings, None, out_dir, desc=f"train {cfg.method}", progress=progress,
+                   identity=identity, on_other_run="restart", at_step=snapshot, micro_steps=micro_steps,
+                   group=group, sync_module=sync_module)
     meta = {"steps": cfg.steps, "train_seconds": round(res.elapsed, 2)}
-    io.save_safetensors(net.state_dict(), out_dir / "model.safetensors", meta)
-    io.save_safetensors(res.ema.net.state_dict(), out_dir / "ema.safetensors", meta)
-    if spectrum_net is not None:
-        io.save_safetensors(res.ema.spectrum.state_dict(), out_dir / "spectrum_ema.safetensors", meta)
+    if group.is_main:
+        io.save_safetensors(net.state_dict(), out_dir / "model.safetensors", meta)
+        io.save_safetensors(res.ema.net.state_dict(), out_dir / "ema.safetensors", meta)
+        if spectrum_net is not None:
+            io.save_safetensors(res.ema.spectrum.state_dict(), out_dir / "spectrum_ema.safetensors", meta)
+    barrier(group)
     num_params = sum(p.numel() for p in net.parameters())
     return {"train": asdict(cfg), "train_seconds": round(res.elapsed, 2), "num_parameters": num_params,
-            "seconds_per_step": round(res.elapsed / max(cfg.steps - res.start, 1), 5)}
+            "seconds_per_step": round(res.elapsed / max(cfg.steps - res.start, 1), 5),
+            "device": str(device), "processes": group.world_size}
 
 
 def _append_log(path: Path, rows: list) -> None:

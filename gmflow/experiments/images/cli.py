@@ -32,6 +32,7 @@ from gmflow.harness.argtypes import (
     positive_int,
     train_config,
 )
+from gmflow.harness.devices import launch
 from gmflow.harness.tables import COLUMNS_IMAGES
 
 
@@ -44,9 +45,11 @@ def cmd_train(a) -> None:
                        label_dropout=a.label_dropout)
     dit = {"patch_size": a.patch_size, "depth": a.dit_depth, "width": a.dit_width, "num_heads": a.num_heads}
     spec = network_spec(a.dataset, a.network, a.method, a.num_components, spectral=a.spectral, dit=dit)
-    record = train_images(spec, cfg, a.out, a.data_root, progress=not a.quiet)
-    io.write_json({**spec, **record}, Path(a.out) / "run.json")
-    io.write_json(io.provenance(args_record(a), kind="train", **record), Path(a.out) / "provenance.json")
+    device, group = launch(a.device)
+    record = train_images(spec, cfg, a.out, a.data_root, progress=not a.quiet, device=device, group=group)
+    if group.is_main:
+        io.write_json({**spec, **record}, Path(a.out) / "run.json")
+        io.write_json(io.provenance(args_record(a), kind="train", **record), Path(a.out) / "provenance.json")
 
 
 def cmd_snapshot_run(a) -> None:
@@ -68,8 +71,12 @@ def cmd_sample(a) -> None:
         raise ValueError(f"CFG scale w must be a finite number >= 1 (1 = no guidance), got {a.guidance_scale}")
     if not 0 <= a.orthogonal <= 1:
         raise ValueError(f"--orthogonal must be in [0, 1] (0 = no projection, 1 = full), got {a.orthogonal}")
+    device, group = launch(a.device)
     out, rec = sample_images(a.run_dir, a.solver, a.nfe, a.num_samples, a.seed, a.block_size, a.substeps,
-                             a.guidance, a.guidance_scale, a.orthogonal, a.spectral, progress=not a.quiet)
+                             a.guidance, a.guidance_scale, a.orthogonal, a.spectral, progress=not a.quiet,
+                             device=device, precision=a.precision, group=group)
+    if not group.is_main:
+        return
     io.save_npz(Path(a.out), **out, record=json.dumps(rec))
     io.write_json(io.provenance(args_record(a), kind="sample", **rec), Path(a.out).with_suffix(".json"))
 

@@ -30,8 +30,11 @@ from gmflow.loss import velocity_nll
 from gmflow.schedule import add_noise, sigma_to_timestep
 
 
-def train_images(spec: dict, cfg, out_dir: str | Path, data_root: str | None = None, progress: bool = True) -> dict:
-    """Train the run's network on the dataset's training split, class-conditional with label dropout."""
+def train_images(spec: dict, cfg, out_dir: str | Path, data_root: str | None = None, progress: bool = True,
+                 device="cpu", group=None) -> dict:
+    """Train the run's network on the dataset's training split, class-conditional with label dropout (``device``
+    and the torchrun ``group``: :func:`gmflow.harness.train.train`)."""
+    from gmflow.harness.devices import Distributed
     from gmflow.harness.losses import make_loss
     from gmflow.harness.train import train
 
@@ -46,7 +49,7 @@ def train_images(spec: dict, cfg, out_dir: str | Path, data_root: str | None = N
 
     run_spec = {**spec, "data_root": None if data_root is None else str(Path(data_root).resolve())}
     return train(net, cfg, sample_batch, out_dir, make_loss(cfg, spectrum), progress=progress, spectrum_net=spectrum,
-                 run_spec=run_spec)
+                 run_spec=run_spec, device=device, group=group or Distributed())
 
 
 def make_snapshot_run(run_dir: str | Path, step: int, out: str | Path) -> dict:
@@ -80,7 +83,8 @@ def make_snapshot_run(run_dir: str | Path, step: int, out: str | Path) -> dict:
 
 def sample_images(run_dir, solver: str, nfe: int, num_samples: int, seed: int = 0, block_size: int = 500,
                   substeps: str | int = registry.DEFAULT_SUBSTEPS, guidance: str = "none", scale: float = 0.0,
-                  orthogonal: float = 1.0, spectral: bool = False, progress: bool = True) -> tuple[dict, dict]:
+                  orthogonal: float = 1.0, spectral: bool = False, progress: bool = True, device="cpu",
+                  precision: str = "fp32", group=None) -> tuple[dict, dict]:
     """A class-balanced sample set: ``{"images": uint8 (N, C, H, W), "labels": (N,)}`` and its record."""
     from gmflow.harness.sampling import generate
 
@@ -91,7 +95,7 @@ def sample_images(run_dir, solver: str, nfe: int, num_samples: int, seed: int = 
     labels = info.labels(num_samples)
     x, rec = generate(net, spec["method"], solver, nfe, num_samples, tuple(spec["sample_shape"]), seed, block_size,
                       substeps, guidance, scale, orthogonal, labels, net.null_label, progress,
-                      spectrum if spectral else None)
+                      spectrum if spectral else None, device=device, precision=precision, group=group)
     rec.update(run=Path(run_dir).name, dataset=spec["dataset"], method=spec["method"], K=spec["num_components"],
                train_steps=spec["train"]["steps"], trans_ratio=spec["train"]["trans_ratio"],
                train_seconds=spec.get("train_seconds"))

@@ -127,7 +127,7 @@ def train_block(net: nn.Module, pool: Tensor, block_index: int, h: float | None,
     identity = {k: v for k, v in asdict(cfg).items() if k != "steps"} | {"block": block_index, "h": h}
     gen = stream_generator(cfg.seed, block_index)
 
-    def step_loss() -> Tensor:
+    def step_loss(step: int, micro: int) -> Tensor:  # one micro-batch per step, drawn from gen
         idx = torch.randint(pool.shape[0], (cfg.batch_size,), generator=gen)
         x0 = pool[idx]
         t = torch.rand(cfg.batch_size, generator=gen)
@@ -253,7 +253,7 @@ def train_student(net: nn.Module, x_noisy: Tensor, x_data: Tensor, block_index: 
         y0 = None if labels is None else labels[:n]
         initial = distill_loss(student(x_noisy[:n], torch.ones(n), y0), x_data[:n]).mean().item()
 
-    def step_loss() -> Tensor:
+    def step_loss(step: int, micro: int) -> Tensor:  # one micro-batch per step, drawn from gen
         idx = torch.randint(x_noisy.shape[0], (cfg.batch_size,), generator=gen)
         y = None if labels is None else labels[idx]
         return distill_loss(student(x_noisy[idx], torch.ones(cfg.batch_size), y), x_data[idx]).mean()

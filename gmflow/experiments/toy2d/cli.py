@@ -41,14 +41,17 @@ def cmd_prepare_data(a) -> None:
 
 def cmd_train(a) -> None:
     from gmflow.experiments.toy2d.stages import train_2d
+    from gmflow.harness.devices import launch
     from gmflow.harness.runs import network_spec
 
     torch.set_num_threads(a.threads)
     cfg = train_config(a)
     spec = network_spec(a.dataset, a.network, a.method, a.num_components, width=a.width, depth=a.depth)
-    record = train_2d(spec, cfg, a.out, progress=not a.quiet)
-    io.write_json({**spec, **record}, Path(a.out) / "run.json")
-    io.write_json(io.provenance(args_record(a), kind="train", **record), Path(a.out) / "provenance.json")
+    device, group = launch(a.device)
+    record = train_2d(spec, cfg, a.out, progress=not a.quiet, device=device, group=group)
+    if group.is_main:
+        io.write_json({**spec, **record}, Path(a.out) / "run.json")
+        io.write_json(io.provenance(args_record(a), kind="train", **record), Path(a.out) / "provenance.json")
 
 
 def cmd_sample(a) -> None:
@@ -58,8 +61,13 @@ def cmd_sample(a) -> None:
     torch.set_num_threads(a.threads)
     if a.metrics_out and not a.reference:
         raise ValueError("--metrics-out needs --reference (the exact reference sample of the dataset)")
+    from gmflow.harness.devices import launch
+
+    device, group = launch(a.device)
     x, rec = sample_2d(a.run_dir, a.solver, a.nfe, a.num_samples, a.seed, a.block_size, a.substeps,
-                       progress=not a.quiet)
+                       progress=not a.quiet, device=device, precision=a.precision, group=group)
+    if not group.is_main:
+        return
     save_samples(a.out, x, rec, io.provenance(args_record(a), kind="sample", **rec))
     if a.metrics_out:  # evaluate in the same process (saves a job start per sample set)
         io.save_csv(metric_rows_2d(x, rec, np.load(a.reference)["samples"], a.knn_points), a.metrics_out)

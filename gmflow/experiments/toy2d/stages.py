@@ -25,21 +25,27 @@ def reference_sample(dataset: str, num_samples: int, seed: int = 0) -> np.ndarra
     return get_dataset_2d(dataset).sample(num_samples, gen).numpy()
 
 
-def train_2d(spec: dict, cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> dict:
-    """Train the MLP of ``spec`` on its dataset's exact sampler."""
+def train_2d(spec: dict, cfg: TrainConfig, out_dir: str | Path, progress: bool = True, device="cpu",
+             group=None) -> dict:
+    """Train the MLP of ``spec`` on its dataset's exact sampler (``device`` and the torchrun ``group``:
+    :func:`gmflow.harness.train.train`)."""
+    from gmflow.harness.devices import Distributed
+
     torch.manual_seed(cfg.seed)
     net, _ = build_network(spec)
     ds = get_dataset_2d(spec["dataset"])
     torch.manual_seed(cfg.seed)
-    return train(net, cfg, lambda n, g: ds.sample(n, g), out_dir, make_loss(cfg), progress=progress, run_spec=spec)
+    return train(net, cfg, lambda n, g: ds.sample(n, g), out_dir, make_loss(cfg), progress=progress, run_spec=spec,
+                 device=device, group=group or Distributed())
 
 
 def sample_2d(run_dir: str | Path, solver: str, nfe: int, num_samples: int, seed: int, block_size: int,
-              substeps, progress: bool = True) -> tuple[np.ndarray, dict]:
+              substeps, progress: bool = True, device="cpu", precision: str = "fp32",
+              group=None) -> tuple[np.ndarray, dict]:
     """A sample set of a trained 2D run and its record (the table's columns)."""
     net, _, spec = load_run(run_dir)
     x, rec = generate(net, spec["method"], solver, nfe, num_samples, tuple(spec["sample_shape"]), seed, block_size,
-                      substeps, progress=progress)
+                      substeps, progress=progress, device=device, precision=precision, group=group)
     rec.update(run=Path(run_dir).name, dataset=spec["dataset"], method=spec["method"], K=spec["num_components"],
                train_steps=spec["train"]["steps"])
     return x, rec
