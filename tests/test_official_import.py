@@ -360,6 +360,20 @@ def test_sharded_snapshot_converts_like_a_single_file(tmp_path, run):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_published_config_maps_to_the_official_variant():
+    """Full scale, structure only: the ImageNet config (configs/gmflow_imagenet_k8_8gpus.py overrides K = 8 on the
+    class defaults) gives gmdit-xl-2-official, and the official layout has as many parameters as the converted DiT."""
+    from gmflow.harness.dit import DIT_VARIANTS, build_dit, count_parameters
+    from gmflow.harness.official import dit_config_from_official, official_transformer_shapes
+
+    config, k = dit_config_from_official({"num_gaussians": 8})
+    assert (config, k) == (DIT_VARIANTS["gmdit-xl-2-official"], 8)
+    with torch.device("meta"):
+        net = build_dit("gmdit-xl-2-official", "gm", 8)
+    official = sum(math.prod(shape) for shape in official_transformer_shapes(config, k).values())
+    assert official == count_parameters(net) == 676_164_001
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Corrupted snapshots
 # ----------------------------------------------------------------------------------------------------------------------
