@@ -290,7 +290,7 @@ def test_converted_run_has_every_key_and_records_its_source(run, snapshot):
 
 def test_converted_network_equals_the_official_forward(run):
     """Means, logweights and logstds of the converted DiT (float64) equal the reference at t in [0, 1000] and labels
-    including the null class; the two GMs also agree in x0 space (the pipeline's u_to_x_0)."""
+    including the null class."""
     net, _, _ = load_run(run)
     net.double()
     x, t, y = _inputs()
@@ -304,12 +304,14 @@ def test_converted_network_equals_the_official_forward(run):
 
 
 def test_default_mlp_norm_eps_differs_from_the_official_forward(run):
-    """The one non-layout difference matters: with this project's default eps 1e-6 the forward is measurably off."""
+    """The one non-layout difference is small but above round-off: with this project's default eps 1e-6 the means are
+    about 2e-6 (relative) off the reference, with the official 1e-5 about 1e-8."""
     net, _, _ = load_run(run)
-    ref = reference_forward(official_transformer_state(), *_inputs(), norm_eps=1e-6)
+    x, t, y = _inputs()
+    ref = reference_forward(official_transformer_state(), x, t, y, norm_eps=1e-6)
     with torch.no_grad():
-        gm = net.double()(_inputs()[0].double(), _inputs()[1], _inputs()[2])
-    assert not _relclose(gm.means, ref["means"], 1e-9)
+        gm = net.double()(x.double(), t, y)
+    assert not _relclose(gm.means, ref["means"], 2e-7)
 
 
 def test_converted_spectrum_equals_the_official_forward(run):
