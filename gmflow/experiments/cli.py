@@ -4,6 +4,7 @@
     gmflow-bench images {train,snapshot-run,sample,train-classifier,reference-features,evaluate,nll} ...
     gmflow-bench lfm {train-block,image-pool,push,sample,nll,distill} ...
     gmflow-bench report --inputs a.csv b.csv --out table.csv
+    gmflow-bench import-official --snapshot DIR --out RUN_DIR [--variant bf16]
 
 ``gmflow-bench <group> --help`` gives a worked example of each group.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from gmflow.experiments.images.cli import add_parsers as add_images
 from gmflow.experiments.lfm.parsers import add_parsers as add_lfm
@@ -22,6 +24,28 @@ from gmflow.harness.tables import concat_tables
 
 def cmd_report(a) -> None:
     io.save_csv(concat_tables(a.inputs), a.out)
+
+
+IMPORT_EXAMPLE = """Convert the authors' published GM-DiT (a local diffusers snapshot, safetensors only) into a run
+folder that the image stages load like a trained run (docs/official_checkpoint.md).
+
+Example:
+    huggingface-cli download Lakonik/gmflow_imagenet_k8_ema --local-dir ckpt/gmflow_imagenet_k8_ema
+    gmflow-bench import-official --snapshot ckpt/gmflow_imagenet_k8_ema --out runs/imagenet256/official --variant bf16
+"""
+
+
+def cmd_import_official(a) -> None:
+    from gmflow.harness.official import import_official
+
+    spec = import_official(a.snapshot, a.out, a.variant)
+    files = spec["imported_from"]["files"]
+    print(f"{a.out}: {spec['network']} K={spec['num_components']} {spec['sample_shape']} from {len(files)} files of "
+          f"{spec['imported_from']['snapshot']}")
+
+
+class _ExampleFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps the example's line breaks and shows the defaults."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--inputs", nargs="+", required=True)
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_report)
+    s = sub.add_parser("import-official", help="convert the published GM-DiT snapshot into a run folder",
+                       description=IMPORT_EXAMPLE, formatter_class=_ExampleFormatter)
+    s.add_argument("--snapshot", type=Path, required=True,
+                   help="root of the downloaded snapshot (holds transformer/ and spectrum_net/)")
+    s.add_argument("--out", type=Path, required=True, help="run folder to create (must not hold a run.json yet)")
+    s.add_argument("--variant", choices=("bf16", "fp16"), default=None,
+                   help="weight file variant to read (converted to float32); none: the full-precision files")
+    s.set_defaults(func=cmd_import_official)
     return p
 
 

@@ -143,12 +143,12 @@ class Attention(nn.Module):
 class DiTBlock(nn.Module):
     """Transformer block with adaLN-Zero: ``x + gate * f(modulate(LN(x), shift, scale))`` for attention and MLP."""
 
-    def __init__(self, width: int, num_heads: int, mlp_ratio: float = 4.0):
+    def __init__(self, width: int, num_heads: int, mlp_ratio: float = 4.0, mlp_norm_eps: float = 1e-6):
         super().__init__()
         hidden = int(width * mlp_ratio)
         self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(width, num_heads)
-        self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=mlp_norm_eps)
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width))
         self.adaLN_modulation = nn.Linear(width, 6 * width)  # input: SiLU(c_emb), shared by all blocks
 
@@ -194,6 +194,9 @@ class DiTConfig:
         mlp_ratio: MLP hidden size / D.
         logstd_hidden: hidden size of the GM head's log-std MLP (1024 for ImageNet).
         frequency_dim: size of the timestep sinusoid (256 in DiT).
+        mlp_norm_eps: eps of the LayerNorm in front of each block's MLP. DiT uses 1e-6 (as for every other
+            LayerNorm here); the published GM-DiT checkpoint was trained with 1e-5 there, the diffusers default of its
+            transformer config (docs/official_checkpoint.md). It has no weights, so it does not change the state dict.
     """
 
     input_size: int | tuple[int, int]
@@ -206,6 +209,7 @@ class DiTConfig:
     mlp_ratio: float = 4.0
     logstd_hidden: int = 1024
     frequency_dim: int = 256
+    mlp_norm_eps: float = 1e-6
 
 
 class DiT(nn.Module):
@@ -242,7 +246,9 @@ class DiT(nn.Module):
         self.register_buffer("pos_embed", sincos_2d(self.grid_size, d)[None], persistent=False)  # (1, N, D)
         self.t_embedder = nn.Sequential(nn.Linear(config.frequency_dim, d), nn.SiLU(), nn.Linear(d, d))
         self.y_embedder = nn.Embedding(config.num_classes + 1, d)
-        self.blocks = nn.ModuleList(DiTBlock(d, config.num_heads, config.mlp_ratio) for _ in range(config.depth))
+        self.blocks = nn.ModuleList(
+            DiTBlock(d, config.num_heads, config.mlp_ratio, config.mlp_norm_eps) for _ in range(config.depth)
+        )
         self.final_layer = FinalLayer(d, p * p * self.out_channels)
         if head == "gm":
             self.logstd_mlp = nn.Sequential(
@@ -338,6 +344,11 @@ _FMNIST = dict(input_size=28, in_channels=1, num_classes=10)
 DIT_VARIANTS: dict[str, DiTConfig] = {
     # Peebles & Xie 2023, Table 1 (ImageNet 256 latents); GM-DiT of GMFlow is dit-xl-2.
     "dit-xl-2": DiTConfig(**_IMAGENET, patch_size=2, depth=28, width=1152, num_heads=16),
+    # The same network with the published GM-DiT's MLP LayerNorm eps (1e-5): the architecture of the authors'
+    # checkpoint, imported by gmflow/harness/official.py (docs/official_checkpoint.md). Same state-dict keys.
+    "gmdit-xl-2-official": DiTConfig(
+        **_IMAGENET, patch_size=2, depth=28, width=1152, num_heads=16, mlp_norm_eps=1e-5
+    ),
     "dit-l-2": DiTConfig(**_IMAGENET, patch_size=2, depth=24, width=1024, num_heads=16),
     "dit-b-2": DiTConfig(**_IMAGENET, patch_size=2, depth=12, width=768, num_heads=12),
     "dit-s-2": DiTConfig(**_IMAGENET, patch_size=2, depth=12, width=384, num_heads=6, logstd_hidden=384),

@@ -25,7 +25,8 @@ GUIDANCE = ("none", "probabilistic", "cfg")
 DATASETS_2D = ("checkerboard", "gmm2d")
 # Keys of modules that are slow to import (tests/test_registry.py checks them against the modules themselves)
 IMAGE_DATASETS = ("fashion-mnist", "digits")
-IMAGE_NETWORKS = ("dit-xl-2", "dit-l-2", "dit-b-2", "dit-s-2", "dit-fmnist-tiny", "dit-fmnist-small", "dit-digits-tiny")
+IMAGE_NETWORKS = ("dit-xl-2", "dit-l-2", "dit-b-2", "dit-s-2", "dit-fmnist-tiny", "dit-fmnist-small", "dit-digits-tiny",
+                  "gmdit-xl-2-official")
 DATASETS = DATASETS_2D + IMAGE_DATASETS
 NETWORKS_2D = ("mlp2d",)
 NETWORKS = NETWORKS_2D + IMAGE_NETWORKS

@@ -3,7 +3,9 @@
 A spec holds ``network`` (a registry key), ``method`` (``gmflow`` or ``fm``: the GM or the velocity head),
 ``num_components``, ``dataset``, ``sample_shape`` and ``num_classes``, plus the network family's own fields (the 2D
 MLP's ``width`` and ``depth``; a DiT's optional ``patch_size``, ``depth``, ``width``, ``num_heads`` overrides and
-``spectral``, whether a SpectrumMLP is trained beside it). Builders are looked up by network key.
+``spectral``, whether a SpectrumMLP is trained beside it). A run imported from another code base also records its
+whole DiT architecture as ``architecture``, a dict of :class:`gmflow.harness.dit.DiTConfig` fields over the variant's
+(gmflow/harness/official.py). Builders are looked up by network key.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ def _build_mlp2d(spec: dict) -> tuple[nn.Module, None]:
 def _build_dit(spec: dict) -> tuple[nn.Module, nn.Module | None]:
     from gmflow.harness.dit import build_dit
 
-    overrides = {k: spec[k] for k in DIT_OVERRIDES if spec.get(k) is not None}
+    overrides = {**(spec.get("architecture") or {}), **{k: spec[k] for k in DIT_OVERRIDES if spec.get(k) is not None}}
     net = build_dit(spec["network"], _head(spec["method"]), max(spec["num_components"], 1), **overrides)
     c, h, w = spec["sample_shape"]
     if (net.config.in_channels, *net.input_hw) != (c, h, w) or net.config.num_classes != spec["num_classes"]:
