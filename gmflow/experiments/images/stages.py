@@ -31,9 +31,10 @@ from gmflow.schedule import add_noise, sigma_to_timestep
 
 
 def train_images(spec: dict, cfg, out_dir: str | Path, data_root: str | None = None, progress: bool = True,
-                 device="cpu", group=None) -> dict:
+                 device="cpu", group=None, grad_checkpointing: bool = False) -> dict:
     """Train the run's network on the dataset's training split, class-conditional with label dropout (``device``
-    and the torchrun ``group``: :func:`gmflow.harness.train.train`)."""
+    and the torchrun ``group``: :func:`gmflow.harness.train.train`; ``grad_checkpointing`` recomputes each DiT
+    block in the backward pass, the same gradients with less memory)."""
     from gmflow.harness.devices import Distributed
     from gmflow.harness.losses import make_loss
     from gmflow.harness.train import train
@@ -41,6 +42,7 @@ def train_images(spec: dict, cfg, out_dir: str | Path, data_root: str | None = N
     x, y = load_images(spec["dataset"], "train", data_root)
     torch.manual_seed(cfg.seed)
     net, spectrum = build_network(spec)
+    net.grad_checkpointing = grad_checkpointing
     cfg.null_label = net.null_label
 
     def sample_batch(n: int, gen: torch.Generator):
