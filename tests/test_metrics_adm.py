@@ -326,3 +326,53 @@ def test_adm_metrics_of_feature_sets_and_stored_statistics():
     stored = ma.adm_metrics(smp, {**ref, "mu": mu + 1.0, "sigma": sigma})  # stored statistics win, as in the evaluator
     assert stored["fid"] > out["fid"] and stored["precision"] == out["precision"]
     json.dumps(out)  # plain floats and None: ready for the JSON record
+
+
+# ------------------------------------------------------------------------------------------------------------ CLI
+
+
+def test_evaluate_adm_cli_writes_the_record_and_reuses_cached_features(tmp_path, monkeypatch, capsys):
+    """The command's wiring on tiny batches. The 2048-d matrix square roots (about a minute each on 2 cores) are
+    replaced by a stub here; their formula is tested above."""
+    from gmflow.experiments.cli import main
+
+    monkeypatch.setattr(ma, "_sqrtm", lambda a: np.zeros_like(a))
+    rng = np.random.default_rng(15)
+    x = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    ab.write_adm_batch(tmp_path / "s.npz", ab.to_adm_layout(ab.adm_to_uint8(x)), np.arange(6), "adm-truncate")
+    np.savez(tmp_path / "ref.npz", rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8))
+    argv = [
+        "images",
+        "evaluate-adm",
+        "--samples",
+        str(tmp_path / "s.npz"),
+        "--reference",
+        str(tmp_path / "ref.npz"),
+        "--out",
+        str(tmp_path / "m.json"),
+        "--device",
+        "cpu",
+        "--batch-size",
+        "4",
+        "--quiet",
+        "--threads",
+        "1",
+    ]
+    assert main(argv) == 0
+    rec = json.loads((tmp_path / "m.json").read_text())
+    assert rec["num_images"] == 6 and rec["uint8_conversion"] == "adm-truncate"
+    assert rec["feature_extractor"] == "inception-tf-adm" and rec["features_from_cache"] == {
+        "samples": False,
+        "reference": False,
+    }
+    assert len(rec["reference_sha1"]) == 40 and rec["fid_reference_statistics"] == "computed from arr_0"
+    assert all(rec[k] is not None for k in ("fid", "sfid", "precision", "recall", "saturation_diff"))
+    assert any("50,000" in d for d in rec["protocol_deviations"])
+    assert (tmp_path / "s.inception-tf-adm.npz").is_file() and (tmp_path / "ref.inception-tf-adm.npz").is_file()
+    assert main(argv) == 0
+    again = json.loads((tmp_path / "m.json").read_text())
+    assert again["features_from_cache"] == {"samples": True, "reference": True} and again["fid"] == rec["fid"]
+
+    np.savez(tmp_path / "bad.npz", np.zeros((2, 3, 8, 8), np.uint8))
+    assert main([*argv[:2], "--samples", str(tmp_path / "bad.npz"), *argv[4:]]) == 2
+    assert "channels first" in capsys.readouterr().err

@@ -181,7 +181,7 @@ def iter_adm_images(path: str | Path, batch_size: int) -> Iterator[np.ndarray]:
                     f"{info.path}: arr_0 is truncated at image {begin + len(data) // frame} of "
                     f"{info.num_images}; write the batch again"
                 )
-            yield np.frombuffer(data, dtype=np.uint8).reshape(n, info.height, info.width, 3)
+            yield np.frombuffer(bytearray(data), dtype=np.uint8).reshape(n, info.height, info.width, 3)  # writable
 
 
 STAT_SHAPES = {"mu": (2048,), "sigma": (2048, 2048), "mu_s": (2023,), "sigma_s": (2023, 2023)}

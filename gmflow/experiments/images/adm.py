@@ -91,8 +91,8 @@ def cached_feature_set(
     fs = adm_feature_set(batch, extractor_factory(), batch_size, device, log)
     try:
         io.save_npz(cache, key=np.array(json.dumps(key, sort_keys=True)), **fs)
-    except OSError as e:
-        raise OSError(
+    except OSError as e:  # reported as a ValueError: the CLI turns those into a one-line error
+        raise ValueError(
             f"cannot write the feature cache {cache} ({e.strerror}); pass a writable path with "
             "--sample-features / --reference-features"
         ) from None
