@@ -376,3 +376,21 @@ def test_evaluate_adm_cli_writes_the_record_and_reuses_cached_features(tmp_path,
     np.savez(tmp_path / "bad.npz", np.zeros((2, 3, 8, 8), np.uint8))
     assert main([*argv[:2], "--samples", str(tmp_path / "bad.npz"), *argv[4:]]) == 2
     assert "channels first" in capsys.readouterr().err
+
+
+def test_softmax_weight_files(tmp_path):
+    """torch-fidelity's state dict (fc.weight (1008, 2048)) or an .npy in either orientation -> (2048, 1008)."""
+    from gmflow.harness.features import load_softmax_weight
+
+    w = np.random.default_rng(16).normal(size=(2048, 1008)).astype(np.float32)
+    torch.save({"fc.weight": torch.from_numpy(w.T.copy()), "fc.bias": torch.zeros(1008)}, tmp_path / "tf.pth")
+    np.save(tmp_path / "w.npy", w)
+    np.save(tmp_path / "wt.npy", w.T)
+    for name in ("tf.pth", "w.npy", "wt.npy"):
+        assert np.array_equal(load_softmax_weight(tmp_path / name), w)
+    torch.save({"other": torch.zeros(2)}, tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match="fc.weight"):
+        load_softmax_weight(tmp_path / "bad.pth")
+    np.save(tmp_path / "small.npy", np.zeros((2048, 1000)))
+    with pytest.raises(ValueError, match="1008"):
+        load_softmax_weight(tmp_path / "small.npy")
