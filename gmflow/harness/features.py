@@ -296,6 +296,11 @@ class InceptionTFFeatures:
             self.model = torch.jit.load(str(path), map_location="cpu").eval()
         self.name, self.batch_size, self.weights_path = INCEPTION_TF, batch_size, path
 
+    def to(self, device: torch.device | str) -> InceptionTFFeatures:
+        """Move the network to ``device`` (``devices.resolve_device``); inputs follow it in ``adm_activations``."""
+        self.model = self.model.to(device)
+        return self
+
     @staticmethod
     def preprocess(images: Tensor) -> Tensor:
         """uint8 (B, 1 or 3, H, W) -> float32 (B, 3, 299, 299) in [-1, 0.9921875], channels-last."""
@@ -318,6 +323,86 @@ class InceptionTFFeatures:
         return np.concatenate(
             [self.embed(images[s]).numpy() for s in _batches(len(images), self.batch_size)] or [np.zeros((0, self.dim))]
         ).astype(np.float32)
+
+
+# ------------------------------------------------------------------------------- the ADM evaluator's Inception input
+
+ADM_SOFTMAX_CLASSES = 1008  # the TF graph's softmax/logits width (1000 ImageNet classes + 8 unused)
+TORCH_FIDELITY_INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"  # its download name (sha256 prefix)
+
+
+def adm_inception_input(images: Tensor) -> Tensor:
+    """uint8 (B, H, W, 3) (the ADM batch layout) -> float32 (B, 3, 299, 299): what the TF-Inception graph computes
+    from the evaluator's input ``ExpandDims:0`` (float32 pixel values 0..255, any size) before its first convolution.
+
+    The graph resizes with TF1 ``ResizeBilinear`` (``align_corners=False``; ``resize_bilinear_tf1``), then
+    ``Sub 128`` and ``Mul 1/128``. There is no rounding, clamping or antialiasing: 256 -> 299 is an upsampling.
+    """
+    if not isinstance(images, Tensor):
+        images = torch.from_numpy(np.asarray(images))
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"expected uint8 images (B, H, W, 3), got {tuple(images.shape)} {images.dtype}")
+    x = images.permute(0, 3, 1, 2).float()
+    if x.shape[-2:] != (INCEPTION_TF_SIZE, INCEPTION_TF_SIZE):
+        x = resize_bilinear_tf1(x, (INCEPTION_TF_SIZE, INCEPTION_TF_SIZE))
+    return ((x - 128.0) * (1.0 / 128.0)).contiguous(memory_format=torch.channels_last)
+
+
+@torch.inference_mode()
+def adm_activations(extractor: InceptionTFFeatures, images: Tensor, device: torch.device | str = "cpu"):
+    """The evaluator's activations of one batch of uint8 (B, H, W, 3) images: ``pool3`` (B, 2048) (``pool_3:0``)
+    and ``spatial`` (B, 2023) (``mixed_6/conv:0``, first 7 channels, flattened channels-last), float32 numpy.
+
+    Runs the TorchScript layers one by one (they are the TF graph's ``conv`` ... ``mixed_10``, ``pool_3``), so
+    ``mixed_6``'s 1x1 ``conv`` branch (convolution, batch norm, ReLU) is read on the way.
+    """
+    from gmflow.harness.metrics_adm import adm_spatial_features
+
+    layers = extractor.model.net.layers
+    x = adm_inception_input(torch.as_tensor(images)).to(device)
+    spatial = None
+    for name, layer in layers.named_children():
+        if name == "mixed_6":
+            spatial = layer.conv(x).permute(0, 2, 3, 1)  # (B, 17, 17, 192) channels-last as TF
+        x = layer(x)
+    pool3 = x.reshape(len(x), -1).float().cpu().numpy()
+    return pool3, adm_spatial_features(spatial.float().cpu().numpy())
+
+
+def default_softmax_weight_path() -> Path | None:
+    """torch-fidelity's TF-Inception weights in the torch hub cache (where it downloads them), if they are there."""
+    path = Path(torch.hub.get_dir()) / "checkpoints" / TORCH_FIDELITY_INCEPTION_FILE
+    return path if path.is_file() else None
+
+
+def load_softmax_weight(path: str | Path) -> np.ndarray:
+    """The TF-Inception ``softmax/logits/MatMul`` weight (2048, 1008) float32, needed for the Inception Score.
+
+    The TorchScript file of ``inception-tf`` ends at pool3 and has no classifier, so this weight comes from another
+    file: torch-fidelity's ``weights-inception-2015-12-05-6726825d.pth`` (key ``fc.weight``, (1008, 2048); its
+    ``logits_unbiased`` are exactly ``pool3 @ fc.weight.T``), or an ``.npy`` of the graph's ``softmax/weights`` in
+    either orientation.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"softmax weight file {path} not found")
+    if path.suffix == ".npy":
+        w = np.load(path)
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # a pickle of the wrong kind, a truncated file: say which file and what was expected
+            raise ValueError(f"{path}: not a torch state dict ({type(e).__name__}); pass torch-fidelity's "
+                             f"{TORCH_FIDELITY_INCEPTION_FILE} or an .npy of the (2048, 1008) weight") from None
+        if "fc.weight" not in state:
+            raise ValueError(f"{path}: no 'fc.weight' in the state dict; pass torch-fidelity's "
+                             f"{TORCH_FIDELITY_INCEPTION_FILE} or an .npy of the (2048, 1008) weight")
+        w = state["fc.weight"].double().numpy()
+    if w.shape == (ADM_SOFTMAX_CLASSES, 2048):
+        w = w.T
+    if w.shape != (2048, ADM_SOFTMAX_CLASSES) or not np.isfinite(w).all():
+        raise ValueError(f"{path}: the softmax weight must be finite (2048, {ADM_SOFTMAX_CLASSES}), got {w.shape}")
+    return np.ascontiguousarray(w, dtype=np.float32)
 
 
 def get_feature_extractor(name: str, weights_path: str | Path | None = None, batch_size: int | None = None):

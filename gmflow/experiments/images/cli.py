@@ -32,7 +32,7 @@ from gmflow.harness.argtypes import (
     positive_int,
     train_config,
 )
-from gmflow.harness.devices import launch
+from gmflow.harness.devices import check_device_name, launch
 from gmflow.harness.tables import COLUMNS_IMAGES
 
 
@@ -111,6 +111,19 @@ def cmd_evaluate(a) -> None:
     torch.set_num_threads(a.threads)
     df = evaluate_images(a.samples, a.reference, a.extractor, a.classifier, a.features_out, a.kid_subset_size)
     io.save_csv(df, a.out)
+
+
+def cmd_evaluate_adm(a) -> None:
+    from gmflow.experiments.images.adm import evaluate_adm
+
+    torch.set_num_threads(a.threads)
+    rec = evaluate_adm(a.samples, a.reference, batch_size=a.batch_size, device=a.device,
+                       sample_features=a.sample_features, reference_features=a.reference_features,
+                       softmax_weight=a.softmax_weight, distance_dtype=a.distance_dtype, log=None if a.quiet else print)
+    io.write_json(io.provenance(args_record(a), kind="evaluate-adm", **rec), a.out)
+    if not a.quiet:
+        print(", ".join(f"{k} {rec[k]:.4f}" for k in ("fid", "sfid", "inception_score", "precision", "recall",
+                                                       "saturation_diff") if rec[k] is not None))
 
 
 def cmd_nll(a) -> None:
@@ -202,6 +215,33 @@ def add_parsers(sub, fmt) -> None:
     s.add_argument("--features-out", required=True, help="output .npz of the sample set's features")
     s.add_argument("--out", required=True, help="output long-format .csv")
     s.set_defaults(func=cmd_evaluate)
+
+    s = cmds.add_parser(
+        "evaluate-adm", formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="FID, sFID, IS, precision, recall and saturation of an ADM-layout sample batch (docs/evaluation.md)",
+        description="The ADM evaluator's protocol (the paper's ImageNet-256 numbers) on TF-Inception features "
+                    "computed once per batch and cached.\n\nExample:\n  gmflow-bench images evaluate-adm "
+                    "--samples samples_50000x256x256x3.npz \\\n      --reference VIRTUAL_imagenet256_labeled.npz "
+                    "--out metrics.json --device auto")
+    s.add_argument("--samples", required=True, help="sample batch .npz: arr_0 uint8 (N, H, W, 3), arr_1 labels")
+    s.add_argument("--reference", required=True, help="reference batch .npz: arr_0 and usually mu, sigma, mu_s, "
+                   "sigma_s (e.g. VIRTUAL_imagenet256_labeled.npz)")
+    s.add_argument("--out", required=True, help="output .json")
+    s.add_argument("--batch-size", type=positive_int, default=64, help="images per Inception batch (default: 64)")
+    s.add_argument("--device", type=check_device_name, default="auto", help="auto, cpu, cuda, cuda:N or mps "
+                   "(default: auto)")
+    s.add_argument("--sample-features", default=None,
+                   help="feature cache of the samples (default: SAMPLES.inception-tf-adm.npz beside them)")
+    s.add_argument("--reference-features", default=None,
+                   help="feature cache of the reference (default: REFERENCE.inception-tf-adm.npz beside it)")
+    s.add_argument("--softmax-weight", default=None,
+                   help="TF-Inception softmax weight for IS: torch-fidelity's weights-inception-2015-12-05-6726825d"
+                        ".pth or a (2048, 1008) .npy (default: torch-fidelity's file in the torch hub cache, if any)")
+    s.add_argument("--distance-dtype", choices=("adm-float16", "float64"), default="adm-float16",
+                   help="precision / recall distances: the evaluator's float16, or exact float64")
+    s.add_argument("--threads", type=positive_int, default=2)
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_evaluate_adm)
 
     s = cmds.add_parser("nll", help="held-out velocity NLL in bits/dim of a GMFlow run", formatter_class=fmt)
     s.add_argument("--run-dir", required=True)
