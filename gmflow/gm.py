@@ -173,12 +173,42 @@ def gaussian_ratio(g_num: IsoGaussian, g_den: IsoGaussian) -> IsoGaussian:
     docs/method.md, Sec. 1.6).
 
     ``v_r = v1 v2 / (v2 - v1)``, ``m_r = (v2 m1 - v1 m2) / (v2 - v1)``, the denominator floored at 1e-6. Valid when
-    ``v1 < v2`` (the ratio is then an unnormalised Gaussian).
+    ``v1 < v2`` (the ratio is then an unnormalised Gaussian). Computed through ``v2 / (v2 - v1)`` and
+    ``v1 / (v2 - v1)``, which never form the product ``v1 v2`` (it overflows float32 near log-std 40).
     """
     den = (g_den.var - g_num.var).clamp(min=EPS)
-    var = g_num.var * g_den.var / den
-    mean = (g_den.var * g_num.mean - g_num.var * g_den.mean) / den
-    return IsoGaussian(mean, var)
+    a, b = g_den.var / den, g_num.var / den
+    return IsoGaussian(a * g_num.mean - b * g_den.mean, g_num.var * a)
+
+
+def gaussian_ratio_natural(g_num: IsoGaussian, g_den: IsoGaussian) -> tuple[Tensor, Tensor]:
+    """The ratio ``N(m1, v1) / N(m2, v2)`` in natural parameters: ``exp(eta . x - prec ||x||^2 / 2)`` up to a
+    constant, with ``eta = m1 / v1 - m2 / v2`` ``(B, C, *S)`` and ``prec = 1 / v1 - 1 / v2`` (floored at 0).
+
+    Finite where the moment form is not: when ``v1 -> v2`` the ratio's variance and mean diverge while ``eta`` and
+    ``prec`` go smoothly to their limits (a guidance scale near 0 leaves the GM unchanged instead of giving NaN).
+    """
+    return g_num.mean / g_num.var - g_den.mean / g_den.var, (1 / g_num.var - 1 / g_den.var).clamp(min=0)
+
+
+def gm_mul_natural(gm: GaussianMixture, eta: Tensor, prec: Tensor) -> GaussianMixture:
+    """Renormalised product of a GM with ``exp(eta . x - prec ||x||^2 / 2)`` (:func:`gaussian_ratio_natural`).
+
+    The same product as :func:`gm_mul_gaussian` with ``v_r = 1 / prec`` and ``m_r = eta / prec``, divided through by
+    ``v_r`` (``den = 1 + s^2 prec``): mean ``(mu_k + s^2 eta) / den``, variance ``s^2 / den``, logit
+    ``log A_k + (mu_k . eta - prec ||mu_k||^2 / 2) / den`` (the k-independent term dropped by the softmax).
+    ``prec`` must be one value per sample ``(B, 1, *1)`` and >= 0.
+    """
+    s2 = gm.var  # (B, 1, 1, *1)
+    p = prec.unsqueeze(1)  # (B, 1, 1, *1)
+    if p.shape[3:].numel() != 1:
+        raise ValueError("gm_mul_natural needs one precision per sample to keep a shared GM variance")
+    e = eta.unsqueeze(1)  # (B, 1, C, *S)
+    den = 1 + s2 * p
+    means = (gm.means + s2 * e) / den
+    quad = (gm.means * e).sum(2, keepdim=True) - 0.5 * p * gm.means.square().sum(2, keepdim=True)
+    logits = gm.logweights + quad / den
+    return GaussianMixture(means, torch.log_softmax(logits, dim=1), gm.logstds - 0.5 * torch.log(den))
 
 
 def gm_mul_gaussian(gm: GaussianMixture, g: IsoGaussian) -> GaussianMixture:
@@ -196,8 +226,9 @@ def gm_mul_gaussian(gm: GaussianMixture, g: IsoGaussian) -> GaussianMixture:
         raise ValueError("gm_mul_gaussian needs one Gaussian variance per sample to keep a shared GM variance")
     m_r = g.mean.unsqueeze(1)  # (B, 1, C, *S)
     den = (v_r + s2).clamp(min=EPS)
-    means = (v_r * gm.means + s2 * m_r) / den
-    var = s2 * v_r / den
+    a, b = v_r / den, s2 / den  # convex weights: no product of two variances, no overflow
+    means = a * gm.means + b * m_r
+    var = s2 * a
     logits = gm.logweights - (gm.means - m_r).square().sum(2, keepdim=True) / (2 * den)
     return GaussianMixture(means, torch.log_softmax(logits, dim=1), 0.5 * torch.log(var.clamp(min=1e-30)))
 
@@ -229,14 +260,15 @@ def gm_recondition(
     """
     zeta, nu = _x0_likelihood_ratio(x_src, sigma_src, x_tgt, sigma_tgt)
     zeta, nu = zeta.unsqueeze(1), nu.unsqueeze(1)
-    v = gm_src.var
-    den = (v * zeta + 1).clamp(min=EPS)
-    means = (v * nu + gm_src.means) / den
+    # In precision form (divide the numerators and den by v): prec = zeta + 1/v = den / v is the posterior precision.
+    # Exact, and finite for every log-std (v zeta overflows float32 near log-std 40 when sigma_tgt is small).
+    inv_v = torch.exp(-2 * gm_src.logstds)  # (B, 1, 1, *1)
+    prec = (zeta + inv_v).clamp(min=EPS * inv_v)
+    means = (nu + gm_src.means * inv_v) / prec
     quad = (gm_src.means * nu).sum(2, keepdim=True) - 0.5 * zeta * gm_src.means.square().sum(2, keepdim=True)
-    logits = gm_src.logweights + quad / den
-    logstds = gm_src.logstds - 0.5 * torch.log(den)
+    logits = gm_src.logweights + quad * (inv_v / prec)
+    logstds = -0.5 * torch.log(prec)
     return GaussianMixture(means, torch.log_softmax(logits, dim=1), logstds)
-
 
 
 def gm_recondition_mean(
@@ -257,12 +289,12 @@ def gm_recondition_mean(
         ``(B, C, *S)``.
     """
     zeta, nu = _x0_likelihood_ratio(x_src, sigma_src, x_tgt, sigma_tgt)
-    v = gm_src.var.squeeze(1)  # (B, 1, *1)
-    den = (v * zeta + 1).clamp(min=EPS)  # (B, 1, *1)
+    inv_v = torch.exp(-2 * gm_src.logstds).squeeze(1)  # (B, 1, *1); precision form as in gm_recondition
+    prec = (zeta + inv_v).clamp(min=EPS * inv_v)  # (B, 1, *1) = den / v
     if means_sq is None:
         means_sq = gm_src.means.square().sum(2, keepdim=True)
     mu = gm_src.means  # (B, K, C, *S)
     dot = (mu * nu.unsqueeze(1)).sum(2, keepdim=True) if mu.shape[2] > 1 else mu * nu.unsqueeze(1)
-    logits = gm_src.logweights + (dot - 0.5 * zeta.unsqueeze(1) * means_sq) / den.unsqueeze(1)  # (B, K, 1, *S)
-    w = torch.softmax(logits, dim=1)
-    return (v * nu + (w * mu).sum(1)) / den
+    logits = gm_src.logweights + (dot - 0.5 * zeta.unsqueeze(1) * means_sq) * (inv_v / prec).unsqueeze(1)
+    w = torch.softmax(logits, dim=1)  # (B, K, 1, *S)
+    return (nu + (w * mu).sum(1) * inv_v) / prec

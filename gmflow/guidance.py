@@ -12,8 +12,8 @@ from gmflow.gm import (
     EPS,
     GaussianMixture,
     IsoGaussian,
-    gaussian_ratio,
-    gm_mul_gaussian,
+    gaussian_ratio_natural,
+    gm_mul_natural,
     pixel_dims,
     sample_dims,
     u_to_x0,
@@ -40,14 +40,12 @@ class GMPrediction:
     target: IsoGaussian | None = None
     scale: float = 0.0
 
-
 def pixel_averaged_gaussian(gm: GaussianMixture) -> IsoGaussian:
     """Isotropic surrogate of a GM with its variance averaged over pixels: one variance per sample ``(B, 1, *1)``."""
     g = gm.iso_gaussian()
     dims = pixel_dims(g.mean)
     var = g.var.mean(dim=dims, keepdim=True) if dims else g.var
     return IsoGaussian(g.mean, var)
-
 
 def orthogonal_projection(delta: Tensor, axis: Tensor, orthogonal: float = 1.0) -> Tensor:
     """Remove ``orthogonal`` times the component of ``delta`` along ``axis``, per sample (Sadat et al. 2025).
@@ -59,7 +57,6 @@ def orthogonal_projection(delta: Tensor, axis: Tensor, orthogonal: float = 1.0) 
     dims = sample_dims(delta)
     coef = (delta * axis).mean(dims, keepdim=True) / (axis * axis).mean(dims, keepdim=True).clamp(min=EPS)
     return delta - orthogonal * coef * axis
-
 
 def probabilistic_guidance(
     gm_cond: GaussianMixture, mean_uncond: Tensor, scale: float, orthogonal: float = 1.0
@@ -83,11 +80,11 @@ def probabilistic_guidance(
     m_c, v_c = base_gaussian.mean, base_gaussian.var
     delta = orthogonal_projection(m_c - mean_uncond, m_c, orthogonal)
     power = delta.square().mean(sample_dims(delta), keepdim=True)
-    bias = delta * (scale * (v_c / power.clamp(min=EPS)).sqrt())
+    bias = delta * (scale * v_c.sqrt() * power.clamp(min=EPS).rsqrt())  # no v_c / power: it can overflow
     target = IsoGaussian(m_c + bias, v_c * (1 - scale * scale))
-    gm = gm_mul_gaussian(gm_cond, gaussian_ratio(target, base_gaussian)) if scale > 0 else gm_cond
+    # G_c x N_target / N_base in natural parameters: finite for every log-std and every w~ (docs/method.md, Sec. 1.6)
+    gm = gm_mul_natural(gm_cond, *gaussian_ratio_natural(target, base_gaussian)) if scale > 0 else gm_cond
     return GMPrediction(gm=gm, base=gm_cond, base_gaussian=base_gaussian, bias=bias, target=target, scale=scale)
-
 
 def gm_cfg(gm_cond: GaussianMixture, mean_uncond: Tensor, scale: float, orthogonal: float = 0.0) -> GaussianMixture:
     """Vanilla CFG on a GM (ablation A3 of Table 4): shift every conditional component by ``(w - 1) D_perp``.
@@ -100,7 +97,6 @@ def gm_cfg(gm_cond: GaussianMixture, mean_uncond: Tensor, scale: float, orthogon
     m_c = gm_cond.mean()
     shift = (scale - 1) * orthogonal_projection(m_c - mean_uncond, m_c, orthogonal)
     return GaussianMixture(gm_cond.means + shift.unsqueeze(1), gm_cond.logweights, gm_cond.logstds)
-
 
 def guided_gm_prediction(
     gm_cond_u: GaussianMixture,

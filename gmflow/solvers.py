@@ -20,8 +20,8 @@ from gmflow.gm import (
     IsoGaussian,
     bcast,
     draw,
-    gaussian_ratio,
-    gm_mul_gaussian,
+    gaussian_ratio_natural,
+    gm_mul_natural,
     gm_recondition_mean,
     sample_dims,
     u_to_x0,
@@ -92,9 +92,9 @@ def second_order_gm(
         if pred.bias is not None:
             bias = bias + pred.bias
         power = bias.square().mean(sample_dims(bias), keepdim=True)
-        bias = bias * (avg_var / power.clamp(min=EPS)).clamp(max=1).sqrt()
+        bias = bias * (avg_var.sqrt() * power.clamp(min=EPS).rsqrt()).clamp(max=1)  # RMS(bias) <= sqrt(v)
         out_g = IsoGaussian(base_g.mean + bias, base_g.var * (1 - power / avg_var.clamp(min=EPS)).clamp(min=EPS))
-        out_gm = gm_mul_gaussian(base_gm, gaussian_ratio(out_g, base_g))
+        out_gm = gm_mul_natural(base_gm, *gaussian_ratio_natural(out_g, base_g))  # finite for every log-std
     cache.gm, cache.x, cache.sigma, cache.h = pred.gm, x_t, sigma, h
     return out_gm, out_g
 
