@@ -381,6 +381,27 @@ def decode_latents(z: Tensor | np.ndarray, vae_model, scaling_factor: float, bat
     return torch.cat(out) if out else torch.zeros((0, 3, 0, 0), dtype=torch.uint8)
 
 
+def write_toy_image_folder(root: str | Path, num_classes: int = 4, per_class: int = 8, size: tuple[int, int] = (64, 80),
+                           seed: int = 0) -> Path:
+    """Write a toy ImageFolder of JPEGs (``class{c}/img{i}.jpg``, ``size`` = (H, W)): a smooth class-coloured blob on
+    a noisy background, for tests and the smoke configuration."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    h, w = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    for c in range(num_classes):
+        (Path(root) / f"class{c}").mkdir(parents=True, exist_ok=True)
+        colour = np.array([(c * 97) % 256, (c * 57 + 80) % 256, (c * 151 + 160) % 256], dtype=np.float64)
+        for i in range(per_class):
+            cy, cx, r = rng.uniform(0.3, 0.7) * h, rng.uniform(0.3, 0.7) * w, rng.uniform(0.15, 0.3) * min(h, w)
+            blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))[..., None]
+            img = blob * colour + (1 - blob) * rng.uniform(0, 255, (h, w, 3))
+            Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(Path(root) / f"class{c}" / f"img{i}.jpg",
+                                                                    quality=90)
+    return Path(root)
+
+
 def save_tiny_vae(path: str | Path, seed: int = 0, num_down: int = 4, channels: int = 8) -> Path:
     """Write a tiny randomly initialised ``AutoencoderKL`` (4 latent channels, ``2^(num_down-1)`` downsampling) with
     ``save_pretrained``: the stand-in for the SD VAE in tests and the smoke configuration (its images mean nothing)."""
