@@ -94,8 +94,8 @@ def scan_image_folder(root: str | Path) -> ImageFolder:
     for y, name in enumerate(classes):
         files = sorted(f for f in (root / name).iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
         if not files:
-            raise LatentDataError(f"class folder {root / name} holds no image (extensions {', '.join(IMAGE_EXTENSIONS)})"
-                                  "; remove it or add its images")
+            raise LatentDataError(f"class folder {root / name} holds no image (extensions "
+                                  f"{', '.join(IMAGE_EXTENSIONS)}); remove it or add its images")
         paths += files
         labels += [y] * len(files)
     return ImageFolder(root, tuple(paths), tuple(labels), tuple(classes))
@@ -168,7 +168,8 @@ class VAEInfo:
     scaling_factor: float
 
     def record(self) -> dict:
-        return {"vae": self.id, "vae_variant": self.variant, "vae_sha1": self.sha1, "scaling_factor": self.scaling_factor}
+        return {"vae": self.id, "vae_variant": self.variant, "vae_sha1": self.sha1,
+                "scaling_factor": self.scaling_factor}
 
 
 def vae_variant(vae_id: str) -> str:
