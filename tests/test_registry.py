@@ -29,7 +29,7 @@ def test_schema_enums_match_registry():
 
 def test_image_schema_enums_match_registry():
     img = load_schema(SCHEMA)["properties"]["images"]["properties"]
-    assert set(img["dataset"]["enum"]) == set(registry.IMAGE_DATASETS)
+    assert set(img["dataset"]["enum"]) == set(registry.CLASS_IMAGE_DATASETS)
     assert set(img["train"]["properties"]["network"]["enum"]) == set(registry.IMAGE_NETWORKS)
     sweep = img["sweeps"]["additionalProperties"]["properties"]
     assert set(sweep["runs"]["additionalProperties"]["items"]["enum"]) == set(registry.SOLVERS)
@@ -44,12 +44,12 @@ def test_cli_choices_match_registry():
         assert _choices(group, "sample", "solver") == set(registry.SOLVERS)
         assert _choices(group, "train", "method") == set(registry.METHODS)
     assert _choices("2d", "train", "dataset") == set(registry.DATASETS_2D)
-    assert _choices("images", "train", "dataset") == set(registry.IMAGE_DATASETS)
+    assert _choices("images", "train", "dataset") == set(registry.CLASS_IMAGE_DATASETS)
     assert _choices("2d", "train", "network") == set(registry.NETWORKS_2D)
     assert _choices("images", "train", "network") == set(registry.IMAGE_NETWORKS)
     assert _choices("images", "sample", "guidance") == set(registry.GUIDANCE)
     assert _choices("images", "evaluate", "extractor") == set(registry.FEATURE_EXTRACTORS) - {"coords"}
-    assert _choices("lfm", "train-block", "dataset") == set(registry.DATASETS)
+    assert _choices("lfm", "train-block", "dataset") == set(registry.DATASETS) - set(registry.LATENT_DATASETS)
 
 
 def test_registry_keys_match_the_modules_that_define_them():

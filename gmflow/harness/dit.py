@@ -359,6 +359,10 @@ DIT_VARIANTS: dict[str, DiTConfig] = {
     "dit-digits-tiny": DiTConfig(
         input_size=8, in_channels=1, num_classes=10, patch_size=2, depth=2, width=32, num_heads=2, logstd_hidden=32
     ),
+    # Tests and the ImageNet smoke configuration: 4x4x4 latents of a tiny VAE (class count taken from the cache).
+    "dit-latent-tiny": DiTConfig(
+        input_size=4, in_channels=4, num_classes=1000, patch_size=1, depth=2, width=32, num_heads=2, logstd_hidden=32
+    ),
 }
 
 

@@ -37,6 +37,8 @@ def _build_dit(spec: dict) -> tuple[nn.Module, nn.Module | None]:
     from gmflow.harness.dit import build_dit
 
     overrides = {**(spec.get("architecture") or {}), **{k: spec[k] for k in DIT_OVERRIDES if spec.get(k) is not None}}
+    if spec["dataset"] in registry.LATENT_DATASETS:  # the class count is the cache's (e.g. a few classes in tests)
+        overrides["num_classes"] = spec["num_classes"]
     net = build_dit(spec["network"], _head(spec["method"]), max(spec["num_components"], 1), **overrides)
     c, h, w = spec["sample_shape"]
     if (net.config.in_channels, *net.input_hw) != (c, h, w) or net.config.num_classes != spec["num_classes"]:
@@ -64,13 +66,15 @@ def build_network(spec: dict) -> tuple[nn.Module, nn.Module | None]:
 
 
 def network_spec(dataset: str, network: str, method: str, num_components: int = 0, *, width: int = 256,
-                 depth: int = 3, spectral: bool = False, dit: dict | None = None) -> dict:
+                 depth: int = 3, spectral: bool = False, dit: dict | None = None, data_root: str | None = None) -> dict:
     """The spec of a ``network`` for ``dataset``, checked against each other.
 
     ``width`` and ``depth`` size the 2D MLP; ``dit`` holds a DiT's overrides (``patch_size``, ``depth``, ``width``,
     ``num_heads``; None keeps the variant's). ``spectral`` (DiT of a GMFlow run) trains a SpectrumMLP beside it.
+    A latent dataset takes its class count and latent shape from its cache at ``data_root``, and the spec keeps the
+    cache's index as ``latents`` (which VAE decodes the samples).
     """
-    info = dataset_info(dataset)
+    info = dataset_info(dataset, data_root)
     if network not in info.networks:
         raise ValueError(f"dataset {dataset!r} takes one of the networks {list(info.networks)}, not {network!r}")
     if spectral and method != "gmflow":
@@ -81,6 +85,8 @@ def network_spec(dataset: str, network: str, method: str, num_components: int = 
         if spectral:
             raise ValueError("--spectral applies to DiT networks of image datasets only")
         return {**spec, "width": width, "depth": depth}
+    if getattr(info, "latents", None) is not None:
+        spec["latents"] = info.latents
     return {**spec, "spectral": bool(spectral), **{k: (dit or {}).get(k) for k in DIT_OVERRIDES}}
 
 

@@ -34,6 +34,15 @@ def _fill_defaults(schema: dict, obj):
     return obj
 
 
+def _condition(schema: dict, schema_path) -> dict:
+    """The ``const`` values of the ``if`` beside the ``then`` at ``schema_path`` (what made a key required)."""
+    path = list(schema_path)
+    node = schema
+    for p in path[: path.index("then")]:
+        node = node[p]
+    return {k: v.get("const") for k, v in node.get("if", {}).get("properties", {}).items()}
+
+
 def validate_schema(config: dict, schema_path: str | Path) -> dict:
     """Validate ``config`` against the JSON schema at ``schema_path`` and fill in its defaults (in place).
 
@@ -45,7 +54,9 @@ def validate_schema(config: dict, schema_path: str | Path) -> dict:
     if errors:
         e = errors[0]
         where = ".".join(str(p) for p in e.absolute_path) or "<top level>"
-        raise ConfigError(f"config error at '{where}': {e.message} (value seen: {e.instance!r}). "
-                          f"See {schema_path} for allowed values.")
+        seen = "" if e.validator == "required" else f" (value seen: {e.instance!r})"  # not a whole section
+        if e.validator == "required" and "then" in e.schema_path:  # a key that one setting makes necessary
+            seen = f" when {', '.join(f'{k} = {v!r}' for k, v in _condition(schema, e.schema_path).items())}"
+        raise ConfigError(f"config error at '{where}': {e.message}{seen}. See {schema_path} for allowed values.")
     _fill_defaults(schema, config)
     return config

@@ -92,3 +92,33 @@ def final_targets():
     if IMG is not None:
         out += [f"{RES}/reports/{nb}.html" for nb in IMAGE_NOTEBOOKS]
     return out
+
+
+# ---------------------------------------------------------------------------------- latent datasets (imagenet256)
+import shlex
+
+
+def is_latent(dataset):
+    return dataset in registry.LATENT_DATASETS
+
+
+def latent_cache_dir():
+    return IMG["latent_cache"] or f"{RES}/images/{IMG['dataset']}/latents"
+
+
+def latent_cache_input(w):
+    """The latent cache's index.json for the rules that read the cache (training, NLL); none for pixel datasets."""
+    return [f"{latent_cache_dir()}/index.json"] if is_latent(w.dataset) else []
+
+
+def data_root_arg(w):
+    """The quoted --data-root of a training-set reader: the latent cache of a latent dataset, else images.data_root."""
+    root = latent_cache_dir() if is_latent(w.dataset) else IMG["data_root"]
+    return f"--data-root {shlex.quote(str(root))}" if root else ""
+
+
+def vae_args(w):
+    """The quoted VAE options of the sample rule: latent sample sets are decoded into images as they are drawn."""
+    if not is_latent(w.dataset):
+        return ""
+    return f"--vae {shlex.quote(IMG['vae'])} --vae-device {shlex.quote(IMG['latents']['device'])}"

@@ -79,3 +79,70 @@ rule reference_features_images:
         "{CLI} images reference-features --dataset {wildcards.dataset} --extractor {wildcards.extractor} {params.cls}"
         " --split {params.r[split]} --num-images {params.n} {params.root} --threads {threads} --out {output}"
         " > {log} 2>&1"
+
+
+# Latent datasets (imagenet256): the latent cache, encoded once from an ImageFolder (resumable: shards that exist are
+# kept, so a killed job continues where it stopped), and the ADM-style reference batch of real images.
+if IMG and is_latent(IMG["dataset"]):
+
+    rule encode_latents:
+        output:
+            f"{latent_cache_dir()}/index.json",
+        log:
+            f"{RES}/logs/encode_latents/{IMG['dataset']}.log",
+        benchmark:
+            f"{RES}/benchmarks/encode_latents/{IMG['dataset']}.tsv"
+        params:
+            image_root=shlex.quote(str(IMG["image_root"])),
+            vae=shlex.quote(str(IMG["vae"])),
+            out=shlex.quote(latent_cache_dir()),
+            o=IMG["latents"],
+        threads: THREADS
+        conda:
+            ENV
+        resources:
+            mem_mb=8000,
+        shell:
+            "{CLI} images encode-latents --image-root {params.image_root} --vae {params.vae} --out {params.out}"
+            " --resolution {params.o[resolution]} --batch-size {params.o[batch_size]} --shard-size {params.o[shard_size]}"
+            " --dtype {params.o[dtype]} --device {params.o[device]} --seed {params.o[seed]} --threads {threads} --quiet"
+            " > {log:q} 2>&1"
+
+    rule reference_batch_images:
+        # ADM's format (arr_0 uint8 NHWC centre crops, no flip); replaced by images.reference_batch when one is given
+        output:
+            f"{RES}/images/{{dataset}}/reference_batch.npz",
+        log:
+            f"{RES}/logs/reference_batch/{{dataset}}.log",
+        params:
+            image_root=shlex.quote(str(IMG["image_root"])),
+            res=IMG["latents"]["resolution"],
+            n=IMG["reference"]["inception_images"],
+        conda:
+            ENV
+        shell:
+            "{CLI} images reference-batch --image-root {params.image_root} --resolution {params.res}"
+            " --num-images {params.n} --out {output:q} > {log:q} 2>&1"
+
+    rule reference_features_latents:
+        # TF-Inception statistics of the reference batch (the ADM protocol's real side)
+        input:
+            batch=IMG["reference_batch"] or f"{RES}/images/{IMG['dataset']}/reference_batch.npz",
+        output:
+            f"{RES}/images/{{dataset}}/reference_{{extractor}}.npz",
+        wildcard_constraints:
+            dataset="|".join(registry.LATENT_DATASETS),
+            extractor=re.escape(registry.INCEPTION_TF),
+        log:
+            f"{RES}/logs/reference_features/{{dataset}}_{{extractor}}.log",
+        params:
+            n=IMG["reference"]["inception_images"],
+        threads: THREADS
+        conda:
+            ENV
+        shell:
+            "{CLI} images reference-features --dataset {wildcards.dataset} --reference-batch {input.batch:q}"
+            " --extractor {wildcards.extractor} --num-images {params.n} --threads {threads} --out {output:q}"
+            " > {log:q} 2>&1"
+
+    ruleorder: reference_features_latents > reference_features_images

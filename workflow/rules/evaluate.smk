@@ -47,6 +47,7 @@ rule evaluate_images:
 rule nll_images:
     input:
         weights=rules.train_images.output.weights,
+        cache=latent_cache_input,
     output:
         f"{RES}/images/{{dataset}}/{{run}}/nll_seed{{seed}}.csv",
     log:
@@ -54,7 +55,7 @@ rule nll_images:
     params:
         n=lambda w: IMG["nll"],
         run_dir=lambda w: f"{RES}/images/{w.dataset}/{w.run}",
-        root=lambda w: f"--data-root {IMG['data_root']}" if IMG["data_root"] else "",
+        root=data_root_arg,
     threads: THREADS
     conda:
         ENV

@@ -48,6 +48,7 @@ rule sample_images:
         s=lambda w: IMG["sample"],
         spectral=lambda w: "--spectral" if parse_tag(w.tag)["spectral"] else "",
         run_dir=lambda w: f"{RES}/images/{w.dataset}/{w.run}",
+        vae=vae_args,  # latent datasets: decoded into images here, so every sample set on disk is images
     threads: THREADS
     conda:
         ENV
@@ -57,5 +58,5 @@ rule sample_images:
         "{CLI} images sample --run-dir {params.run_dir} --solver '{params.p[solver]}' --nfe {params.p[nfe]}"
         " --guidance {params.p[guidance]} --guidance-scale {params.p[scale]} --orthogonal {params.p[orthogonal]}"
         " --substeps {params.p[substeps]} {params.spectral} --num-samples {params.s[num_samples]}"
-        " --block-size {params.s[block_size]} --seed {params.p[seed]} --threads {threads} --quiet"
+        " --block-size {params.s[block_size]} --seed {params.p[seed]} {params.vae} --threads {threads} --quiet"
         " --out '{output}' > '{log}' 2>&1"

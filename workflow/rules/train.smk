@@ -32,6 +32,8 @@ rule train_2d:
 
 rule train_images:
     # also keeps the EMA weights at images.train.snapshot_steps (snapshots/step{k}/), made into runs by snapshot_images
+    input:
+        cache=latent_cache_input,  # latent datasets train from their cache
     output:
         weights=f"{RES}/images/{{dataset}}/{{run}}/ema.safetensors",
         spec=f"{RES}/images/{{dataset}}/{{run}}/run.json",
@@ -53,7 +55,7 @@ rule train_images:
             if IMG["train"][key] is not None
         ),
         spectral=lambda w: "--spectral" if IMG["train"]["spectral"] and IMG["runs"][w.run]["method"] == "gmflow" else "",
-        root=lambda w: f"--data-root {IMG['data_root']}" if IMG["data_root"] else "",
+        root=data_root_arg,
         snapshots=lambda w: " ".join(["--snapshot-steps", *map(str, IMG["train"]["snapshot_steps"])])
         if IMG["train"]["snapshot_steps"] else "",
         out=lambda w: f"{RES}/images/{w.dataset}/{w.run}",

@@ -11,6 +11,16 @@ Example (the digits with GMFlow, K = 4, a classifier for features, then GM-ODE 2
         --guidance-scale 0.3 --num-samples 1000 --out runs/gm-k4/samples/s.npz
     gmflow-bench images evaluate --samples runs/gm-k4/samples/s.npz --reference runs/reference_classifier.npz \\
         --extractor classifier-digits --classifier runs/classifier.safetensors --features-out f.npz --out m.csv
+
+ImageNet 256 in the SD-VAE latent space (docs/imagenet.md): encode once, train on the cache, decode when sampling::
+
+    gmflow-bench images encode-latents --image-root imagenet/train --vae sd-vae-ft-ema --out cache/imagenet256
+    gmflow-bench images train --dataset imagenet256 --network dit-xl-2 --method gmflow -K 8 \\
+        --data-root cache/imagenet256 --out runs/gm-k8
+    gmflow-bench images sample --run-dir runs/gm-k8 --solver gm-ode-2 --nfe 8 --vae sd-vae-ft-ema --out s.npz
+    gmflow-bench images reference-batch --image-root imagenet/train --num-images 10000 --out ref_batch.npz
+    gmflow-bench images reference-features --dataset imagenet256 --reference-batch ref_batch.npz \\
+        --extractor inception-tf --out ref_inception.npz
 """
 
 from __future__ import annotations
@@ -44,7 +54,8 @@ def cmd_train(a) -> None:
     cfg = train_config(a, spectral_weight=a.spectral_weight, snapshot_steps=tuple(a.snapshot_steps),
                        label_dropout=a.label_dropout)
     dit = {"patch_size": a.patch_size, "depth": a.dit_depth, "width": a.dit_width, "num_heads": a.num_heads}
-    spec = network_spec(a.dataset, a.network, a.method, a.num_components, spectral=a.spectral, dit=dit)
+    spec = network_spec(a.dataset, a.network, a.method, a.num_components, spectral=a.spectral, dit=dit,
+                        data_root=a.data_root)
     device, group = launch(a.device)
     record = train_images(spec, cfg, a.out, a.data_root, progress=not a.quiet, device=device, group=group,
                           grad_checkpointing=a.grad_checkpointing)
@@ -75,7 +86,7 @@ def cmd_sample(a) -> None:
     device, group = launch(a.device)
     out, rec = sample_images(a.run_dir, a.solver, a.nfe, a.num_samples, a.seed, a.block_size, a.substeps,
                              a.guidance, a.guidance_scale, a.orthogonal, a.spectral, progress=not a.quiet,
-                             device=device, precision=a.precision, group=group)
+                             device=device, precision=a.precision, group=group, vae=a.vae, vae_device=a.vae_device)
     if not group.is_main:
         return
     io.save_npz(Path(a.out), **out, record=json.dumps(rec))
@@ -97,11 +108,36 @@ def cmd_train_classifier(a) -> None:
     print(f"test accuracy {acc:.4f}")
 
 
-def cmd_reference_features(a) -> None:
-    from gmflow.experiments.images.stages import reference_features
+def cmd_encode_latents(a) -> None:
+    from gmflow.experiments.images.stages import encode_latents
 
     torch.set_num_threads(a.threads)
-    rec = reference_features(a.dataset, a.extractor, a.out, a.num_images, a.classifier, a.split, a.data_root)
+    index = encode_latents(a.image_root, a.vae, a.out, resolution=a.resolution, batch_size=a.batch_size,
+                           shard_size=a.shard_size, device=a.device, dtype=a.dtype, seed=a.seed,
+                           variant=a.vae_variant, progress=not a.quiet)
+    index.pop("class_names")
+    io.write_json(io.provenance(args_record(a), kind="encode-latents", **index), Path(a.out) / "provenance.json")
+    print(f"{a.out}: {index['count']} latents {index['latent_shape']} {index['dtype']}, {index['num_classes']} classes")
+
+
+def cmd_reference_batch(a) -> None:
+    from gmflow.experiments.images.stages import make_reference_batch
+
+    rec = make_reference_batch(a.image_root, a.resolution, a.num_images, a.out)
+    io.write_json(io.provenance(args_record(a), kind="reference-batch", **rec), Path(a.out).with_suffix(".json"))
+
+
+def cmd_reference_features(a) -> None:
+    from gmflow.experiments.images.stages import reference_batch_features, reference_features
+
+    torch.set_num_threads(a.threads)
+    if a.reference_batch is not None:
+        rec = reference_batch_features(a.reference_batch, a.extractor, a.out, a.num_images)
+    elif a.dataset in registry.LATENT_DATASETS:
+        raise ValueError(f"{a.dataset} has no built-in reference set: pass --reference-batch (an ADM reference batch, "
+                         "or one made by `gmflow-bench images reference-batch`)")
+    else:
+        rec = reference_features(a.dataset, a.extractor, a.out, a.num_images, a.classifier, a.split, a.data_root)
     io.write_json(io.provenance(args_record(a), kind="reference-features", **rec), Path(a.out).with_suffix(".json"))
 
 
@@ -149,8 +185,35 @@ def add_parsers(sub, fmt) -> None:
     cmds = group.add_subparsers(dest="stage", required=True)
     extractors = [e for e in registry.FEATURE_EXTRACTORS if e != "coords"]
 
+    s = cmds.add_parser("encode-latents", formatter_class=fmt,
+                        help="encode an ImageFolder with a VAE into a latent cache (latent datasets); resumable",
+                        description="Example: gmflow-bench images encode-latents --image-root imagenet/train "
+                                    "--vae sd-vae-ft-ema --out cache/imagenet256 --device auto")
+    s.add_argument("--image-root", required=True, help="ImageFolder root: one sub-folder per class (sorted = labels)")
+    s.add_argument("--vae", required=True, help="AutoencoderKL folder, or a hub id already in the local HF cache")
+    s.add_argument("--vae-variant", choices=("ema", "mse", "other"), default=None,
+                   help="VAE variant to record (default: read from the id, e.g. sd-vae-ft-ema -> ema)")
+    s.add_argument("--out", required=True, help="cache folder (shards + index.json)")
+    s.add_argument("--resolution", type=positive_int, default=256, help="ADM centre-crop size in pixels")
+    s.add_argument("--batch-size", type=positive_int, default=32, help="images per VAE call (does not change latents)")
+    s.add_argument("--shard-size", type=positive_int, default=10000, help="images per shard (unit of resuming)")
+    s.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="storage dtype of the latents")
+    s.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    s.add_argument("--seed", type=nonneg_int, default=0, help="seed of the flips and posterior samples")
+    s.add_argument("--threads", type=positive_int, default=1)
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_encode_latents)
+
+    s = cmds.add_parser("reference-batch", formatter_class=fmt,
+                        help="ADM-style reference batch npz (arr_0 uint8 NHWC centre crops) of an ImageFolder")
+    s.add_argument("--image-root", required=True, help="ImageFolder root: one sub-folder per class")
+    s.add_argument("--resolution", type=positive_int, default=256)
+    s.add_argument("--num-images", type=positive_int, default=None, help="class-balanced prefix; default all")
+    s.add_argument("--out", required=True, help="output .npz")
+    s.set_defaults(func=cmd_reference_batch)
+
     s = cmds.add_parser("train", help="train GMFlow or flow matching on an image dataset", formatter_class=fmt)
-    s.add_argument("--dataset", choices=registry.IMAGE_DATASETS, required=True)
+    s.add_argument("--dataset", choices=registry.CLASS_IMAGE_DATASETS, required=True)
     s.add_argument("--network", choices=registry.IMAGE_NETWORKS, required=True)
     s.add_argument("--patch-size", type=positive_int, default=None, help="DiT patch size (default: the variant's)")
     s.add_argument("--dit-depth", type=positive_int, default=None, help="DiT blocks (default: the variant's)")
@@ -180,6 +243,8 @@ def add_parsers(sub, fmt) -> None:
     s.add_argument("--guidance-scale", type=float, default=0.0, help="CFG w, or probabilistic w-tilde in [0, 1)")
     s.add_argument("--orthogonal", type=float, default=1.0, help="orthogonal projection factor (0 = off)")
     s.add_argument("--spectral", action="store_true", help="spectral sampling of x0 in GM-SDE")
+    s.add_argument("--vae", default=None, help="latent datasets: the VAE that decodes the samples (that of the cache)")
+    s.add_argument("--vae-device", default="auto", help="device of the VAE decoder: auto, cpu, cuda[:N], mps")
     s.set_defaults(func=cmd_sample)
 
     s = cmds.add_parser("train-classifier", help="train the in-domain feature classifier", formatter_class=fmt)
@@ -195,7 +260,9 @@ def add_parsers(sub, fmt) -> None:
 
     s = cmds.add_parser("reference-features", help="features and FID statistics of a real reference set",
                         formatter_class=fmt)
-    s.add_argument("--dataset", choices=registry.IMAGE_DATASETS, required=True)
+    s.add_argument("--dataset", choices=registry.CLASS_IMAGE_DATASETS, required=True)
+    s.add_argument("--reference-batch", default=None,
+                   help="npz with arr_0 uint8 (N, H, W, 3) real images (ADM's format), instead of the dataset's split")
     s.add_argument("--extractor", choices=extractors, required=True)
     s.add_argument("--classifier", default=None, help="classifier weights (for classifier-* extractors)")
     s.add_argument("--split", choices=("train", "test"), default="test")

@@ -34,12 +34,19 @@ def train_images(spec: dict, cfg, out_dir: str | Path, data_root: str | None = N
                  device="cpu", group=None, grad_checkpointing: bool = False) -> dict:
     """Train the run's network on the dataset's training split, class-conditional with label dropout (``device``
     and the torchrun ``group``: :func:`gmflow.harness.train.train`; ``grad_checkpointing`` recomputes each DiT
-    block in the backward pass, the same gradients with less memory)."""
+    block in the backward pass, the same gradients with less memory).
+
+    A latent dataset (imagenet256) trains on its latent cache at ``data_root`` exactly as a pixel dataset on its
+    images: the cache is read into memory once in its stored dtype (ImageNet 256: 10.5 GB of float16, see
+    :func:`gmflow.harness.data_latents.load_latent_cache`) and each batch is converted to float32. The horizontal
+    flip was drawn when the cache was made, as in the paper's code, so batches are not flipped here.
+    """
+    from gmflow.harness.datasets import training_arrays
     from gmflow.harness.devices import Distributed
     from gmflow.harness.losses import make_loss
     from gmflow.harness.train import train
 
-    x, y = load_images(spec["dataset"], "train", data_root)
+    x, y = training_arrays(spec["dataset"], data_root)
     torch.manual_seed(cfg.seed)
     net, spectrum = build_network(spec)
     net.grad_checkpointing = grad_checkpointing
@@ -47,7 +54,7 @@ def train_images(spec: dict, cfg, out_dir: str | Path, data_root: str | None = N
 
     def sample_batch(n: int, gen: torch.Generator):
         idx = torch.randint(len(x), (n,), generator=gen)
-        return x[idx], y[idx]
+        return x[idx].float(), y[idx]
 
     run_spec = {**spec, "data_root": None if data_root is None else str(Path(data_root).resolve())}
     return train(net, cfg, sample_batch, out_dir, make_loss(cfg, spectrum), progress=progress, spectrum_net=spectrum,
@@ -86,21 +93,29 @@ def make_snapshot_run(run_dir: str | Path, step: int, out: str | Path) -> dict:
 def sample_images(run_dir, solver: str, nfe: int, num_samples: int, seed: int = 0, block_size: int = 500,
                   substeps: str | int = registry.DEFAULT_SUBSTEPS, guidance: str = "none", scale: float = 0.0,
                   orthogonal: float = 1.0, spectral: bool = False, progress: bool = True, device="cpu",
-                  precision: str = "fp32", group=None) -> tuple[dict, dict]:
-    """A class-balanced sample set: ``{"images": uint8 (N, C, H, W), "labels": (N,)}`` and its record."""
+                  precision: str = "fp32", group=None, vae: str | None = None,
+                  vae_device: str = "auto") -> tuple[dict, dict]:
+    """A class-balanced sample set: ``{"images": uint8 (N, C, H, W), "labels": (N,)}`` and its record.
+
+    Latent datasets decode the sampled latents with ``vae`` (on ``vae_device``) in this same stage, so every sample
+    set on disk is images and one evaluation path serves every dataset; the record names the VAE.
+    """
     from gmflow.harness.sampling import generate
 
     net, spectrum, spec = load_run(run_dir)
     if spectral and spectrum is None:
         raise ValueError(f"{run_dir} was trained without a SpectrumMLP; train it with --spectral to sample spectrally")
-    info = dataset_info(spec["dataset"])
+    latent = {"latents": spec["latents"], "vae": vae, "vae_device": vae_device} if "latents" in spec else {}
+    if vae is not None and not latent:
+        raise ValueError(f"--vae applies to runs of latent datasets; {run_dir} was trained on {spec['dataset']}")
+    info = dataset_info(spec["dataset"], **latent)
     labels = info.labels(num_samples)
     x, rec = generate(net, spec["method"], solver, nfe, num_samples, tuple(spec["sample_shape"]), seed, block_size,
                       substeps, guidance, scale, orthogonal, labels, net.null_label, progress,
                       spectrum if spectral else None, device=device, precision=precision, group=group)
     rec.update(run=Path(run_dir).name, dataset=spec["dataset"], method=spec["method"], K=spec["num_components"],
                train_steps=spec["train"]["steps"], trans_ratio=spec["train"]["trans_ratio"],
-               train_seconds=spec.get("train_seconds"))
+               train_seconds=spec.get("train_seconds"), **info.sample_record())
     out = info.sample_arrays(x, labels)
     return out, rec
 
@@ -128,6 +143,41 @@ def reference_features(dataset: str, extractor: str, out: str | Path, num: int |
     return {"num_real": len(images), "split": split}
 
 
+def encode_latents(image_root: str | Path, vae: str, out: str | Path, **options) -> dict:
+    """The latent cache of an ImageFolder (see :func:`gmflow.harness.data_latents.encode_image_folder`)."""
+    from gmflow.harness.data_latents import encode_image_folder
+
+    return encode_image_folder(image_root, vae, out, **options)
+
+
+def make_reference_batch(image_root: str | Path, resolution: int, num_images: int | None, out: str | Path) -> dict:
+    """A reference batch the ADM way: ``arr_0`` uint8 (N, R, R, 3) ADM centre crops of a class-balanced prefix of an
+    ImageFolder (and ``labels``), saved as npz."""
+    from gmflow.harness.data_latents import reference_batch, scan_image_folder
+
+    folder = scan_image_folder(image_root)
+    images, labels = reference_batch(folder, resolution, num_images)
+    io.save_npz(Path(out), arr_0=images, labels=labels)
+    return {"num_images": len(images), "resolution": resolution, "num_classes": len(folder.class_names),
+            "image_root": str(folder.root.resolve())}
+
+
+def reference_batch_features(batch: str | Path, extractor: str, out: str | Path, num: int | None = None) -> dict:
+    """Features and FID statistics of a reference batch npz (``arr_0`` uint8 NHWC, ADM's format: the batches ADM
+    publishes, or :func:`make_reference_batch`'s), the first ``num`` images (all when None)."""
+    with np.load(batch) as f:
+        if "arr_0" not in f.files:
+            raise ValueError(f"{batch} has no arr_0 (arrays: {f.files}); a reference batch holds uint8 NHWC images "
+                             "as arr_0")
+        images = f["arr_0"][:num]
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"{batch}: arr_0 is {images.dtype} {images.shape}; expected uint8 (N, H, W, 3)")
+    fs = reference_statistics(feature_set(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
+                                          get_extractor(extractor, None)))
+    save_feature_set(out, fs, extractor)
+    return {"num_real": len(images), "reference_batch": str(batch)}
+
+
 def evaluate_images(samples: str | Path, reference: str | Path, extractor: str, classifier: str | None,
                     features_out: str | Path, kid_subset_size: int = 1000) -> pd.DataFrame:
     """Stage 1 (features of the sample set, saved) and stage 2 (metrics): one long-format row per metric."""
@@ -150,12 +200,20 @@ def heldout_nll(run_dir: str | Path, num_images: int, times_per_image: int, seed
 
     For each test image and each of ``times_per_image`` draws ``sigma ~ U(0, 1)`` (clamped >= 1e-4), ``eps ~ N(0, I)``:
     ``-log q(u | x_t, y)`` of ``u = eps - x0`` under the predicted GM, Gaussian constant included, divided by
-    ``D ln 2``. The label is the image's class (conditional NLL); images in [-1, 1] units.
+    ``D ln 2``. The label is the image's class (conditional NLL); images in [-1, 1] units. Latent datasets have no
+    test split here: as in the paper's Table 3, the NLL is of (a class-balanced prefix of) the training latents.
     """
     net, _, spec = load_run(run_dir)
     if spec["method"] != "gmflow":
         raise ValueError("the NLL needs a GM model (method 'gmflow'); flow matching predicts no density")
-    images, labels = load_images(spec["dataset"], "test", data_root)
+    if spec["dataset"] in registry.LATENT_DATASETS:  # the paper's Table 3: training latents, class-balanced
+        from gmflow.harness.datasets import training_arrays
+
+        images, labels = training_arrays(spec["dataset"], data_root)
+        order = stratified_order(labels)[:num_images]
+        images, labels = images[order].float(), labels[order]
+    else:
+        images, labels = load_images(spec["dataset"], "test", data_root)
     images, labels = images[:num_images], labels[:num_images]
     gen = torch.Generator().manual_seed(20_000 + seed)
     total, count = 0.0, 0

@@ -106,6 +106,10 @@ def check_images_config(images: dict) -> list[str]:
             errors.append(f"config error at 'images.train.snapshot_steps': step {k} is not below images.train.steps "
                           f"= {images['train']['steps']} (the last step is the run itself)")
     for name, sw in images["sweeps"].items():
+        if images["dataset"] in registry.LATENT_DATASETS and "classifier" in sw.get("extractors", ["classifier"]):
+            errors.append(f"config error at 'images.sweeps.{name}.extractors': {images['dataset']} has no in-domain "
+                          "classifier (value seen: "
+                          f"{sw.get('extractors', ['classifier (the default)'])}); set extractors: [inception-tf]")
         missing = sorted(set(sw.get("snapshots", [])) - set(snapshot_steps))
         if missing:
             errors.append(f"config error at 'images.sweeps.{name}.snapshots': steps {missing} are not in "
