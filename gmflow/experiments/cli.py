@@ -26,6 +26,20 @@ def cmd_report(a) -> None:
     io.save_csv(concat_tables(a.inputs), a.out)
 
 
+def cmd_check_config(a) -> None:
+    """Parse and validate configuration files as the workflow will (a YAML error names its line)."""
+    from pathlib import Path
+
+    from gmflow.experiments.config import validate_config
+    from gmflow.harness.schema import load_config_file
+
+    config: dict = {}
+    for path in a.configfile:
+        config.update(load_config_file(path))  # later files override earlier ones at the top level, as Snakemake
+    validate_config(config, Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml")
+    print(f"{', '.join(a.configfile)}: valid")
+
+
 IMPORT_EXAMPLE = """Convert the authors' published GM-DiT (a local diffusers snapshot, safetensors only) into a run
 folder that the image stages load like a trained run (docs/official_checkpoint.md).
 
@@ -56,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_2d(sub, fmt)
     add_images(sub, fmt)
     add_lfm(sub, fmt)
+    s = sub.add_parser("check-config", help="validate workflow configuration files (YAML syntax, schema, rules)",
+                       formatter_class=fmt)
+    s.add_argument("configfile", nargs="+", help="config files, in the order given to snakemake --configfile")
+    s.set_defaults(func=cmd_check_config)
     s = sub.add_parser("report", help="concatenate long-format metric files into one table", formatter_class=fmt)
     s.add_argument("--inputs", nargs="+", required=True)
     s.add_argument("--out", required=True)

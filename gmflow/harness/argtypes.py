@@ -41,7 +41,11 @@ def substeps(s: str) -> str | int:
 
     if s in registry.SUBSTEP_RULES:
         return s
-    return positive_int(s)
+    v = positive_int(s)
+    if v > registry.MAX_SUBSTEPS:
+        raise argparse.ArgumentTypeError(f"must be a rule ({', '.join(registry.SUBSTEP_RULES)}) or an integer in "
+                                         f"[1, {registry.MAX_SUBSTEPS}], got {s}")
+    return v
 
 
 def device_name(s: str) -> str:

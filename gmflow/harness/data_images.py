@@ -33,8 +33,12 @@ def _open_maybe_gzip(path: Path):
 def read_idx(path: str | Path) -> np.ndarray:
     """Parse an IDX file (gzipped or not) into an array of its shape and (native-endian) dtype."""
     path = Path(path)
-    with _open_maybe_gzip(path) as f:
-        raw = f.read()
+    try:
+        with _open_maybe_gzip(path) as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:  # a truncated or corrupt gzip stream
+        raise ValueError(f"{path} cannot be read ({type(e).__name__}: {e}); the file is truncated or corrupt: "
+                         "fetch it again") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in IDX_DTYPES:
         raise ValueError(f"{path} is not an IDX file: its first bytes are {raw[:4]!r}, expected 00 00 <type> <ndim>")
     dtype, ndim = np.dtype(IDX_DTYPES[raw[2]]), raw[3]
@@ -188,7 +192,23 @@ def load_images_uint8(name: str, split: str = "train", root: str | Path | None =
     ds = IMAGE_DATASETS[name]
     if split not in ds.splits:
         raise ValueError(f"unknown split {split!r} of {name}; choose one of {list(ds.splits)}")
-    return ds.load_uint8(split, root)
+    images, labels = ds.load_uint8(split, root)
+    check_image_arrays(images, labels, ds, f"{name} {split} split" + (f" in {root}" if root else ""))
+    return images, labels
+
+
+def check_image_arrays(images: Tensor, labels: Tensor, ds: ImageDataset, where: str) -> None:
+    """Refuse loaded data that does not fit its registered dataset: empty, another image size, labels out of range."""
+    shape = (ds.channels, ds.resolution, ds.resolution)
+    if len(images) == 0:
+        raise ValueError(f"{where}: no images")
+    if tuple(images.shape[1:]) != shape:
+        raise ValueError(f"{where}: images of shape {tuple(images.shape[1:])}, but {ds.name} is {shape} (C, H, W)")
+    if labels.shape != images.shape[:1]:
+        raise ValueError(f"{where}: {len(images)} images but labels of shape {tuple(labels.shape)}")
+    if ds.num_classes and (labels.min() < 0 or labels.max() >= ds.num_classes):
+        raise ValueError(f"{where}: labels in [{int(labels.min())}, {int(labels.max())}], but {ds.name} has classes "
+                         f"0..{ds.num_classes - 1}")
 
 
 def load_images(

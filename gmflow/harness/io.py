@@ -17,13 +17,42 @@ from safetensors.torch import load_file, save_file
 TRACKED_PACKAGES = ("torch", "numpy", "diffusers", "snakemake", "safetensors", "scikit-learn", "torch-fidelity")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()  # what open() would give: results in a shared folder follow the user's umask
+
+
 def atomic_path(path: str | Path):
-    """A temporary path in the same folder; ``os.replace`` it onto ``path`` when complete."""
+    """A temporary path in the same folder, with the user's umask applied (``mkstemp`` alone gives 0600);
+    ``os.replace`` it onto ``path`` when complete."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_output_path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, FILE_MODE)
     os.close(fd)
     return Path(tmp)
+
+
+def check_output_path(path: str | Path) -> Path:
+    """Make ``path``'s folder and check that a file can be written there; ``ValueError`` naming the folder if its
+    parent is a file or it is not writable (called before long work, so that nothing is computed in vain)."""
+    path = Path(path)
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ValueError(f"cannot write {path}: a part of {folder} is a file, not a folder") from None
+    except PermissionError:
+        raise ValueError(f"cannot write {path}: no permission to create the folder {folder}") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write {path}: the folder {folder} is not writable")
+    if path.is_dir():
+        raise ValueError(f"cannot write {path}: it is a folder")
+    return path
 
 
 def save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata_: dict | None = None) -> None:
@@ -31,11 +60,42 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, metadat
     tmp = atomic_path(path)
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
               metadata={k: str(v) for k, v in (metadata_ or {}).items()})
+    os.chmod(tmp, FILE_MODE)  # safetensors creates the file anew (mode 0600)
     os.replace(tmp, path)
 
 
 def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
-    return load_file(str(path))
+    """The tensors of a safetensors file; a missing, empty, truncated or foreign file raises one clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types for truncated or foreign files
+        raise ValueError(f"{path} is not a readable safetensors file ({type(e).__name__}: {e}); make it again "
+                         "(retrain or re-import the run)") from None
+
+
+def load_npz(path: str | Path, required: tuple[str, ...] = ()) -> dict:
+    """The arrays of an ``.npz`` file with the ``required`` keys; a missing, empty or foreign file, or one without
+    those keys or with no rows, raises one clear error."""
+    import numpy as np
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            data = {k: f[k] for k in f.files}
+    except Exception as e:  # zipfile, EOF and format errors of a file that is not an npz
+        raise ValueError(f"{path} is not a readable .npz file ({type(e).__name__}: {e})") from None
+    missing = [k for k in required if k not in data]
+    if missing:
+        raise ValueError(f"{path} lacks the arrays {missing} (it has {sorted(data)}); is it the right kind of file?")
+    empty = [k for k in required if data[k].ndim and len(data[k]) == 0]
+    if empty:
+        raise ValueError(f"{path}: the arrays {empty} are empty")
+    return data
 
 
 def _split_tensors(obj, tensors: dict[str, torch.Tensor]):

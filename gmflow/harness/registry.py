@@ -76,9 +76,15 @@ SUBSTEP_RULES = {"paper-imagenet": paper_substeps, "ceil128": ceil128_substeps}
 DEFAULT_SUBSTEPS = "paper-imagenet"  # the library's default (gmflow.solvers.sample_gm_ode); configs may override
 
 
+MAX_SUBSTEPS = 4096  # far beyond any useful count (the paper's rule gives at most 128): refuse before allocating
+
+
 def substeps_for_nfe(nfe: int, rule: str | int = DEFAULT_SUBSTEPS) -> int:
-    """GM-ODE sub-steps per outer step: a named rule of :data:`SUBSTEP_RULES` or a fixed integer."""
+    """GM-ODE sub-steps per outer step: a named rule of :data:`SUBSTEP_RULES` or a fixed integer in
+    ``[1, MAX_SUBSTEPS]``."""
     if isinstance(rule, int):
+        if not 1 <= rule <= MAX_SUBSTEPS:
+            raise ValueError(f"GM-ODE sub-steps must be in [1, {MAX_SUBSTEPS}], got {rule}")
         return rule
     if rule not in SUBSTEP_RULES:
         raise ValueError(f"unknown substep rule {rule!r}; use one of {sorted(SUBSTEP_RULES)} or an integer")

@@ -94,7 +94,15 @@ def read_spec(run_dir: str | Path, what: str = "train the run first") -> dict:
     p = Path(run_dir) / "run.json"
     if not p.exists():
         raise FileNotFoundError(f"{run_dir} has no run.json: {what}")
-    return json.loads(p.read_text())
+    try:
+        spec = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{p} is not valid JSON ({e}); {what}") from None
+    keys = ("network", "method", "num_components", "dataset", "sample_shape")
+    missing = [k for k in keys if k not in spec] if isinstance(spec, dict) else list(keys)
+    if missing:
+        raise ValueError(f"{p} is not a run record of this project (missing {missing}); {what}")
+    return spec
 
 
 def load_run(run_dir: str | Path) -> tuple[nn.Module, nn.Module | None, dict]:
@@ -102,8 +110,20 @@ def load_run(run_dir: str | Path) -> tuple[nn.Module, nn.Module | None, dict]:
     run_dir = Path(run_dir)
     spec = read_spec(run_dir, "train the run first (gmflow-bench ... train)")
     net, spectrum = build_network(spec)
-    net.load_state_dict(io.load_safetensors(run_dir / "ema.safetensors"))
+    _load_weights(net, run_dir / "ema.safetensors", spec)
     if spectrum is not None:
-        spectrum.load_state_dict(io.load_safetensors(run_dir / "spectrum_ema.safetensors"))
+        _load_weights(spectrum, run_dir / "spectrum_ema.safetensors", spec)
         spectrum.eval()
     return net.eval(), spectrum, spec
+
+
+def _load_weights(module: nn.Module, path: Path, spec: dict) -> None:
+    """Load ``path`` into ``module``; weights of another network (K, width, method, ...) raise one clear error."""
+    state = io.load_safetensors(path)
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).split("\n\t")[1:2] or [str(e)[:200]]
+        raise ValueError(f"{path} does not fit the network of run.json ({spec['network']}, method {spec['method']}, "
+                         f"K = {spec['num_components']}): {first[0].strip()}; the weights belong to another run"
+                         ) from None

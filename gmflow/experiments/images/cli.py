@@ -56,6 +56,7 @@ def cmd_train(a) -> None:
     dit = {"patch_size": a.patch_size, "depth": a.dit_depth, "width": a.dit_width, "num_heads": a.num_heads}
     spec = network_spec(a.dataset, a.network, a.method, a.num_components, spectral=a.spectral, dit=dit,
                         data_root=a.data_root)
+    io.check_output_path(Path(a.out) / "run.json")
     device, group = launch(a.device)
     record = train_images(spec, cfg, a.out, a.data_root, progress=not a.quiet, device=device, group=group,
                           grad_checkpointing=a.grad_checkpointing)
@@ -83,6 +84,7 @@ def cmd_sample(a) -> None:
         raise ValueError(f"CFG scale w must be a finite number >= 1 (1 = no guidance), got {a.guidance_scale}")
     if not 0 <= a.orthogonal <= 1:
         raise ValueError(f"--orthogonal must be in [0, 1] (0 = no projection, 1 = full), got {a.orthogonal}")
+    io.check_output_path(a.out)  # refuse an unwritable place before sampling, not after
     device, group = launch(a.device)
     out, rec = sample_images(a.run_dir, a.solver, a.nfe, a.num_samples, a.seed, a.block_size, a.substeps,
                              a.guidance, a.guidance_scale, a.orthogonal, a.spectral, progress=not a.quiet,

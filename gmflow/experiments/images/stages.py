@@ -181,7 +181,7 @@ def reference_batch_features(batch: str | Path, extractor: str, out: str | Path,
 def evaluate_images(samples: str | Path, reference: str | Path, extractor: str, classifier: str | None,
                     features_out: str | Path, kid_subset_size: int = 1000) -> pd.DataFrame:
     """Stage 1 (features of the sample set, saved) and stage 2 (metrics): one long-format row per metric."""
-    data = np.load(samples)
+    data = io.load_npz(samples, ("images", "labels", "record"))
     rec = json.loads(str(data["record"]))
     ref = load_feature_set(reference, extractor)
     fs = feature_set(torch.from_numpy(data["images"]), get_extractor(extractor, classifier))

@@ -100,6 +100,22 @@ def check_images_config(images: dict) -> list[str]:
         if spec["method"] == "fm" and "K" in spec:
             errors.append(f"config error at 'images.runs.{run}.K': K applies to gmflow runs only (value seen: "
                           f"{spec['K']!r}); remove it")
+    from gmflow.harness.datasets import dataset_info
+    from gmflow.harness.dit import DIT_VARIANTS
+
+    network, info = images["train"].get("network"), dataset_info(images["dataset"])
+    if network is not None and network not in info.networks:
+        errors.append(f"config error at 'images.train.network': {network!r} does not take {images['dataset']} "
+                      f"images; choose one of {list(info.networks)}")
+    elif network in DIT_VARIANTS:  # the network's input must be the dataset's sample (caught here, not in a job)
+        cfg = DIT_VARIANTS[network]
+        size = cfg.input_size if isinstance(cfg.input_size, int) else tuple(cfg.input_size)
+        takes = (cfg.in_channels, *((size, size) if isinstance(size, int) else size))
+        if takes != tuple(info.sample_shape):
+            fits = [n for n, c in DIT_VARIANTS.items() if (c.in_channels, c.input_size, c.input_size)
+                    == tuple(info.sample_shape)]
+            errors.append(f"config error at 'images.train.network': {network!r} takes {takes} inputs (C, H, W) but "
+                          f"{images['dataset']} samples are {tuple(info.sample_shape)}; choose one of {fits}")
     snapshot_steps = images["train"].get("snapshot_steps", [])
     for k in snapshot_steps:
         if k >= images["train"]["steps"]:

@@ -47,6 +47,7 @@ def cmd_train(a) -> None:
     torch.set_num_threads(a.threads)
     cfg = train_config(a)
     spec = network_spec(a.dataset, a.network, a.method, a.num_components, width=a.width, depth=a.depth)
+    io.check_output_path(Path(a.out) / "run.json")
     device, group = launch(a.device)
     record = train_2d(spec, cfg, a.out, progress=not a.quiet, device=device, group=group)
     if group.is_main:
@@ -61,6 +62,9 @@ def cmd_sample(a) -> None:
     torch.set_num_threads(a.threads)
     if a.metrics_out and not a.reference:
         raise ValueError("--metrics-out needs --reference (the exact reference sample of the dataset)")
+    for path in (a.out, a.metrics_out):  # refuse an unwritable place before sampling, not after
+        if path:
+            io.check_output_path(path)
     from gmflow.harness.devices import launch
 
     device, group = launch(a.device)
@@ -78,8 +82,8 @@ def cmd_evaluate(a) -> None:
     from gmflow.harness.metrics2d import metric_rows_2d
 
     torch.set_num_threads(a.threads)
-    data = np.load(a.samples)
-    ref = np.load(a.reference)["samples"]
+    data = io.load_npz(a.samples, ("samples",))
+    ref = io.load_npz(a.reference, ("samples",))["samples"]
     if "record" in data:
         rec = json.loads(str(data["record"]))
     else:  # an exact sample of the data: the noise floor of every metric at this sample size
