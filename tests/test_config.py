@@ -4,7 +4,7 @@ import copy
 
 import pytest
 import yaml
-from project import validate_config
+from project import SCHEMA, validate_config
 
 from gmflow.harness.schema import ConfigError
 
@@ -91,3 +91,26 @@ def test_images_only_config_is_valid_and_empty_config_is_not():
     assert "toy" not in validate_config(cfg)
     with pytest.raises(ConfigError, match="nothing to run"):
         validate_config({"results": "r"})
+
+
+def test_schema_bounds_equal_the_training_ranges():
+    """One source of truth: every bound the schema states for a training setting is gmflow.harness.ranges'."""
+
+    from gmflow.harness.ranges import RANGES
+
+    schema = yaml.safe_load(open(SCHEMA))
+    keys = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+    found = []
+
+    def walk(node, path):
+        if not isinstance(node, dict):
+            return
+        name = path[-1] if path else ""
+        if name in RANGES and "classifier" not in path and any(k in node for k in keys):
+            assert {k: node[k] for k in keys if k in node} == RANGES[name].schema(), ".".join(path)
+            found.append(".".join(path))
+        for k, v in node.items():
+            walk(v, path if k in ("properties", "additionalProperties") else [*path, str(k)])
+
+    walk(schema, [])
+    assert len(found) >= 15, found

@@ -90,7 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # argparse has printed the usage error (or the help): its exit code, as a return value
+        return e.code if isinstance(e.code, int) else 2
     name = " ".join(x for x in (args.command, getattr(args, "stage", None)) if x)
     try:
         args.func(args)

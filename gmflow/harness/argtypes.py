@@ -73,6 +73,13 @@ def args_record(a: argparse.Namespace) -> dict:
     return {k: v for k, v in vars(a).items() if k != "func"}
 
 
+def ranged(name: str):
+    """The argparse type of a numeric training setting (:data:`gmflow.harness.ranges.RANGES`)."""
+    from gmflow.harness.ranges import argtype
+
+    return argtype(name)
+
+
 def add_training_args(s: argparse.ArgumentParser, *, steps: int, batch_size: int, lr: float, warmup_steps: int,
                       checkpoint_every: int) -> None:
     """The options of the shared training loop (:func:`gmflow.harness.train.optimise`) and the loss."""
@@ -80,23 +87,26 @@ def add_training_args(s: argparse.ArgumentParser, *, steps: int, batch_size: int
 
     s.add_argument("--method", choices=registry.METHODS, required=True)
     s.add_argument("--num-components", "-K", type=positive_int, default=64, help="GM components (gmflow only)")
-    s.add_argument("--trans-ratio", type=unit_interval, default=0.9, help="transition ratio lambda; 1 = plain NLL")
-    s.add_argument("--weight-scale", type=float, default=1.0)
-    s.add_argument("--grad-clip", type=float, default=0.0, help="gradient-norm clip; 0 = off")
-    s.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (none on biases and norms)")
+    s.add_argument("--trans-ratio", type=ranged("trans_ratio"), default=0.9,
+                   help="transition ratio lambda; 1 = plain NLL")
+    s.add_argument("--weight-scale", type=ranged("weight_scale"), default=1.0)
+    s.add_argument("--grad-clip", type=ranged("grad_clip"), default=0.0, help="gradient-norm clip; 0 = off")
+    s.add_argument("--weight-decay", type=ranged("weight_decay"), default=0.0,
+                   help="AdamW weight decay (none on biases and norms)")
     s.add_argument("--steps", type=positive_int, default=steps)
     s.add_argument("--batch-size", type=positive_int, default=batch_size,
                    help="global batch per optimisation step (all processes and accumulation steps together)")
     s.add_argument("--micro-batch-size", type=nonneg_int, default=0,
                    help="samples per forward pass; batch-size / micro-batch-size micro-batches are shared by the "
                    "torchrun processes and accumulated; 0 = the whole batch in one pass")
-    s.add_argument("--lr", type=float, default=lr)
+    s.add_argument("--lr", type=ranged("lr"), default=lr)
     s.add_argument("--warmup-steps", type=nonneg_int, default=warmup_steps)
     s.add_argument("--ema", choices=("power", "rampup"), default="power",
                    help="EMA: 'power' (beta_n = (1 - 1/n)^(gamma+1)) or 'rampup' (the paper's ImageNet EMA)")
-    s.add_argument("--ema-gamma", type=float, default=7.0, help="power EMA exponent gamma")
-    s.add_argument("--ema-kimg", type=float, default=30000.0, help="ramp-up EMA half-life in thousands of images")
-    s.add_argument("--ema-rampup", type=float, default=0.05,
+    s.add_argument("--ema-gamma", type=ranged("ema_gamma"), default=7.0, help="power EMA exponent gamma")
+    s.add_argument("--ema-kimg", type=ranged("ema_kimg"), default=30000.0,
+                   help="ramp-up EMA half-life in thousands of images")
+    s.add_argument("--ema-rampup", type=ranged("ema_rampup"), default=0.05,
                    help="ramp-up EMA: half-life at most this fraction of the images seen")
     s.add_argument("--time-sampler", choices=registry.TIME_SAMPLERS, default="uniform")
     s.add_argument("--checkpoint-every", type=positive_int, default=checkpoint_every)

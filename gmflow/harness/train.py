@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from gmflow.harness import io
+from gmflow.harness import io, ranges
 from gmflow.harness.devices import Autocast, Distributed, barrier, check_precision
 from gmflow.harness.losses import LossFn
 from gmflow.harness.seeding import stream_generator
@@ -65,16 +65,8 @@ class TrainConfig:
             raise ValueError(f"micro_batch_size must divide batch_size = {self.batch_size} (0 = the whole batch), "
                              f"got {self.micro_batch_size}")
         check_precision(self.precision)
-        if not 0 < self.trans_ratio <= 1:
-            raise ValueError(f"trans_ratio must be in (0, 1], got {self.trans_ratio}")
-        if not 0 <= self.label_dropout < 1:
-            raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
-        for name, ok in (("weight_scale", self.weight_scale > 0), ("spectral_weight", self.spectral_weight >= 0),
-                         ("time_shift", self.time_shift > 0)):
-            value = getattr(self, name)
-            if not (ok and math.isfinite(value)):
-                raise ValueError(f"{name} = {value!r} is out of range (weight_scale, time_shift > 0; spectral_weight "
-                                 ">= 0; all finite)")
+        for name in ("trans_ratio", "label_dropout", "weight_scale", "spectral_weight", "time_shift"):
+            ranges.check(name, getattr(self, name))
 
     @property
     def num_shards(self) -> int:
@@ -153,14 +145,8 @@ class LoopSettings:
     schedule: str = "constant"
 
     def __post_init__(self):
-        checks = {"lr": self.lr > 0, "weight_decay": self.weight_decay >= 0, "ema_gamma": self.ema_gamma >= 0,
-                  "grad_clip": self.grad_clip >= 0, "ema_kimg": self.ema_kimg > 0,
-                  "ema_rampup": 0 < self.ema_rampup <= 1}
-        for name, ok in checks.items():  # a NaN fails every comparison, so it is refused here too
-            value = getattr(self, name)
-            if not (ok and math.isfinite(value)):
-                raise ValueError(f"training setting {name} = {value!r} is out of range (lr, ema_kimg > 0; "
-                                 "weight_decay, ema_gamma, grad_clip >= 0; 0 < ema_rampup <= 1; all finite)")
+        for name in ("lr", "weight_decay", "ema_gamma", "grad_clip", "ema_kimg", "ema_rampup"):
+            ranges.check(name, getattr(self, name))  # a NaN is refused too
         if self.steps < 1 or self.warmup_steps < 0 or self.checkpoint_every < 1 or self.batch_size < 1:
             raise ValueError(f"need steps, checkpoint_every, batch_size >= 1 and warmup_steps >= 0; got {self.steps}, "
                              f"{self.checkpoint_every}, {self.batch_size}, {self.warmup_steps}")

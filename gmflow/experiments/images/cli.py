@@ -40,6 +40,7 @@ from gmflow.harness.argtypes import (
     args_record,
     nonneg_int,
     positive_int,
+    ranged,
     train_config,
 )
 from gmflow.harness.devices import check_device_name, launch
@@ -221,9 +222,9 @@ def add_parsers(sub, fmt) -> None:
     s.add_argument("--dit-depth", type=positive_int, default=None, help="DiT blocks (default: the variant's)")
     s.add_argument("--dit-width", type=positive_int, default=None, help="DiT hidden size (default: the variant's)")
     s.add_argument("--num-heads", type=positive_int, default=None, help="DiT heads (default: the variant's)")
-    s.add_argument("--label-dropout", type=float, default=0.1, help="probability of the null class")
+    s.add_argument("--label-dropout", type=ranged("label_dropout"), default=0.1, help="probability of the null class")
     s.add_argument("--spectral", action="store_true", help="also train the SpectrumMLP (GMFlow)")
-    s.add_argument("--spectral-weight", type=float, default=1.0)
+    s.add_argument("--spectral-weight", type=ranged("spectral_weight"), default=1.0)
     s.add_argument("--grad-checkpointing", action="store_true",
                    help="recompute each DiT block in the backward pass (less activation memory, about 30%% slower)")
     s.add_argument("--data-root", default=None, help="folder of the dataset's files (default: its standard place)")
