@@ -54,7 +54,7 @@ rule nll_images:
     params:
         n=lambda w: IMG["nll"],
         run_dir=lambda w: f"{RES}/images/{w.dataset}/{w.run}",
-        root=lambda w: f"--data-root {IMG['data_root']}" if IMG["data_root"] else "",
+        root=lambda w: f"--data-root '{IMG['data_root']}'" if IMG["data_root"] else "",
     threads: THREADS
     conda:
         ENV

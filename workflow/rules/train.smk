@@ -53,7 +53,7 @@ rule train_images:
             if IMG["train"][key] is not None
         ),
         spectral=lambda w: "--spectral" if IMG["train"]["spectral"] and IMG["runs"][w.run]["method"] == "gmflow" else "",
-        root=lambda w: f"--data-root {IMG['data_root']}" if IMG["data_root"] else "",
+        root=lambda w: f"--data-root '{IMG['data_root']}'" if IMG["data_root"] else "",
         snapshots=lambda w: " ".join(["--snapshot-steps", *map(str, IMG["train"]["snapshot_steps"])])
         if IMG["train"]["snapshot_steps"] else "",
         out=lambda w: f"{RES}/images/{w.dataset}/{w.run}",

@@ -1,5 +1,6 @@
-"""The image experiment's stages as functions: train a run on an image dataset, draw
-class-conditional sample sets, compute features and metrics against a real reference set, and the held-out NLL.
+"""The image experiment's stages as functions: train a run on an image dataset, draw class-conditional (or, for an
+unconditional dataset, unlabelled) sample sets, compute features and metrics against a real reference set, and the
+held-out NLL.
 
 The CLI (``gmflow-bench images ...``) calls these; they read and write only the paths they are given.
 """
@@ -32,20 +33,31 @@ from gmflow.schedule import add_noise, sigma_to_timestep
 
 def train_images(spec: dict, cfg, out_dir: str | Path, data_root: str | None = None, progress: bool = True,
                  device="cpu", group=None) -> dict:
-    """Train the run's network on the dataset's training split, class-conditional with label dropout (``device``
-    and the torchrun ``group``: :func:`gmflow.harness.train.train`)."""
+    """Train the run's network on the dataset's training split, class-conditional with label dropout, or
+    unconditional for a dataset without classes (``spec["num_classes"]`` 0: labels unused, no label dropout).
+    Datasets registered with ``hflip`` mirror each training image with probability 1/2. ``device`` and the torchrun
+    ``group``: :func:`gmflow.harness.train.train`."""
+    from gmflow.harness.data_images import IMAGE_DATASETS
     from gmflow.harness.devices import Distributed
     from gmflow.harness.losses import make_loss
     from gmflow.harness.train import train
 
     x, y = load_images(spec["dataset"], "train", data_root)
+    conditional, hflip = spec["num_classes"] > 0, IMAGE_DATASETS[spec["dataset"]].hflip
     torch.manual_seed(cfg.seed)
     net, spectrum = build_network(spec)
-    cfg.null_label = net.null_label
+    if conditional:
+        cfg.null_label = net.null_label
+    else:
+        cfg.label_dropout, cfg.null_label = 0.0, -1  # nothing to drop: the run never sees a label
 
     def sample_batch(n: int, gen: torch.Generator):
         idx = torch.randint(len(x), (n,), generator=gen)
-        return x[idx], y[idx]
+        x0 = x[idx]  # (n, C, H, W)
+        if hflip:
+            flip = torch.rand(n, generator=gen) < 0.5  # (n,)
+            x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+        return (x0, y[idx]) if conditional else x0
 
     run_spec = {**spec, "data_root": None if data_root is None else str(Path(data_root).resolve())}
     return train(net, cfg, sample_batch, out_dir, make_loss(cfg, spectrum), progress=progress, spectrum_net=spectrum,
@@ -85,7 +97,8 @@ def sample_images(run_dir, solver: str, nfe: int, num_samples: int, seed: int = 
                   substeps: str | int = registry.DEFAULT_SUBSTEPS, guidance: str = "none", scale: float = 0.0,
                   orthogonal: float = 1.0, spectral: bool = False, progress: bool = True, device="cpu",
                   precision: str = "fp32", group=None) -> tuple[dict, dict]:
-    """A class-balanced sample set: ``{"images": uint8 (N, C, H, W), "labels": (N,)}`` and its record."""
+    """A class-balanced sample set: ``{"images": uint8 (N, C, H, W), "labels": (N,)}`` and its record (no labels
+    for an unconditional run)."""
     from gmflow.harness.sampling import generate
 
     net, spectrum, spec = load_run(run_dir)
@@ -148,7 +161,8 @@ def heldout_nll(run_dir: str | Path, num_images: int, times_per_image: int, seed
 
     For each test image and each of ``times_per_image`` draws ``sigma ~ U(0, 1)`` (clamped >= 1e-4), ``eps ~ N(0, I)``:
     ``-log q(u | x_t, y)`` of ``u = eps - x0`` under the predicted GM, Gaussian constant included, divided by
-    ``D ln 2``. The label is the image's class (conditional NLL); images in [-1, 1] units.
+    ``D ln 2``. The label is the image's class (conditional NLL; none for an unconditional run); images in [-1, 1]
+    units.
     """
     net, _, spec = load_run(run_dir)
     if spec["method"] != "gmflow":
@@ -160,7 +174,7 @@ def heldout_nll(run_dir: str | Path, num_images: int, times_per_image: int, seed
     c = spec["sample_shape"][0]
     for _ in range(times_per_image):
         for i in range(0, len(images), batch_size):
-            x0, y = images[i : i + batch_size], labels[i : i + batch_size]
+            x0, y = images[i : i + batch_size], labels[i : i + batch_size] if spec["num_classes"] else None
             sigma = (1 - torch.rand(len(x0), generator=gen)).clamp(min=1e-4)
             eps = torch.randn(x0.shape, generator=gen)
             gm = net(add_noise(x0, eps, sigma), sigma_to_timestep(sigma), y)

@@ -94,6 +94,10 @@ def check_images_config(images: dict) -> list[str]:
     """Cross-key rules the schema cannot state; returns error messages (empty when the config is consistent)."""
     errors = []
     runs = images["runs"]
+    if images["dataset"] in registry.USER_SUPPLIED_DATASETS and not images.get("data_root"):
+        errors.append(f"config error at 'images.data_root': dataset {images['dataset']!r} is supplied by the user "
+                      f"and has no standard place; set images.data_root to its folder (docs/{images['dataset']}.md), "
+                      f"e.g. --config images='{{data_root: /data/cifar10}}'")
     for run, spec in runs.items():
         if spec["method"] == "gmflow" and "K" not in spec:
             errors.append(f"config error at 'images.runs.{run}': a gmflow run needs K (number of components)")
