@@ -205,14 +205,14 @@ def write_synthetic_cifar10(folder: str | Path, num_train: int = 500, num_test: 
     colours = rng.uniform(40, 215, size=(len(CIFAR10_CLASSES), 3, 1, 1))  # (10, 3, 1, 1)
     ramp = np.linspace(-30, 30, 32)[None, None, :] + np.zeros((1, 32, 1))  # (1, 32, 32): left to right
 
-    def images(n: int) -> tuple[np.ndarray, np.ndarray]:
-        labels = np.arange(n) % len(CIFAR10_CLASSES)
-        x = colours[labels] + ramp[None] + rng.normal(0, 20, size=(n, *CIFAR10_SHAPE))  # (n, 3, 32, 32)
+    def images(index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        labels = index % len(CIFAR10_CLASSES)
+        x = colours[labels] + ramp[None] + rng.normal(0, 20, size=(len(index), *CIFAR10_SHAPE))  # (n, 3, 32, 32)
         return np.clip(np.rint(x), 0, 255).astype(np.uint8), labels
 
     for i, part in enumerate(np.array_split(np.arange(num_train), 5)):
-        write_cifar10_bin(out / CIFAR10_FILES["train"][i], *images(len(part)))
-    write_cifar10_bin(out / CIFAR10_FILES["test"][0], *images(num_test))
+        write_cifar10_bin(out / CIFAR10_FILES["train"][i], *images(part))
+    write_cifar10_bin(out / CIFAR10_FILES["test"][0], *images(np.arange(num_test)))
     return out
 
 
