@@ -271,3 +271,34 @@ def test_smoke_config_runs_through_the_dag(tmp_path):
     assert np.isfinite(ours.ours).all() and set(ours.num_samples) == {50}
     html = (results / "reports/table5_cifar10.html").read_text()
     assert "Traceback" not in html and "<table" in html and "not run / 9.11" not in html
+
+
+# ------------------------------------------------------------------------------------------------------ the configs
+
+
+def test_configs_validate_and_state_table5():
+    """The paper-scale config is Table 5's setting (K = 2 on the DDPM U-Net, GM-SDE 2 vs DDPM small / large at NFE
+    10 / 25 / 50 / 100, 50K samples, TF-Inception FID vs the 50K training images) and needs a data root."""
+    import copy
+
+    import yaml
+    from project import validate_config
+
+    from gmflow.experiments.images.sweeps import image_points
+    from gmflow.harness.schema import ConfigError
+
+    raw = yaml.safe_load(open(ROOT / "config/cifar10.yaml"))
+    with pytest.raises(ConfigError, match=r"'images.data_root'.*cifar10"):
+        validate_config(copy.deepcopy(raw))
+    raw["images"]["data_root"] = "/data/cifar10"
+    img = validate_config(copy.deepcopy(raw))["images"]
+    assert img["runs"]["gm-k2"] == {"method": "gmflow", "K": 2} and img["train"]["network"] == "unet-cifar10"
+    assert img["reference"]["split"] == "train" and img["reference"]["inception_images"] == 50000
+    assert img["sample"]["num_samples"] == 50000 and img["notebooks"] == ["table5_cifar10"]
+    points = image_points(img)
+    got = {(p["run"], p["solver"], p["nfe"], p["spectral"]) for p in points}
+    want = {("fm", s, n, 0) for s in ("ddpm-small", "ddpm-large") for n in (10, 25, 50, 100)}
+    want |= {("gm-k2", "gm-sde-2", n, sp) for n in (10, 25, 50, 100) for sp in (0, 1)}
+    assert got == want and all(p["extractors"] == ["inception-tf"] and p["guidance"] == "none" for p in points)
+    smoke = validate_config(yaml.safe_load(open(ROOT / "config/cifar10-smoke.yaml")))["images"]
+    assert smoke["train"]["network"] == "unet-tiny" and smoke["sample"]["num_samples"] == 50
