@@ -58,9 +58,11 @@ def test_registry_keys_match_the_modules_that_define_them():
     from gmflow.harness.dit import DIT_VARIANTS
     from gmflow.harness.features import FEATURE_EXTRACTORS
     from gmflow.harness.runs import BUILDERS
+    from gmflow.harness.unet import UNET_VARIANTS
 
     assert set(registry.IMAGE_DATASETS) == set(IMAGE_DATASETS)
-    assert set(registry.IMAGE_NETWORKS) == set(DIT_VARIANTS)
+    assert set(registry.IMAGE_NETWORKS) == set(DIT_VARIANTS) | set(UNET_VARIANTS)
+    assert set(registry.UNET_NETWORKS) == set(UNET_VARIANTS)
     assert set(registry.FEATURE_EXTRACTORS) == {"coords", *FEATURE_EXTRACTORS}
     assert set(BUILDERS) == set(registry.NETWORKS)
     assert set(registry.GM_ODE_SOLVERS) | set(registry.GM_SDE_SOLVERS) == set(registry.GM_SOLVERS_KEYS)

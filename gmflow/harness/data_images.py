@@ -1,4 +1,5 @@
-"""Image datasets, all local: Fashion-MNIST from its gzipped IDX files and scikit-learn's 8x8 digits.
+"""Image datasets, all local: Fashion-MNIST from its gzipped IDX files, scikit-learn's 8x8 digits, and CIFAR-10 from
+its binary version in a folder the user passes.
 
 Every loader returns ``images`` uint8 ``(N, C, H, W)`` and ``labels`` int64 ``(N,)``; ``load_images`` turns them into
 the network's units, float32 in ``[-1, 1]`` (``to_unit_range`` / ``to_uint8`` convert between the two). Nothing is
@@ -137,6 +138,124 @@ def load_digits(split: str = "train", test_fraction: float = DIGITS_TEST_FRACTIO
     return torch.from_numpy(images[keep]), torch.from_numpy(labels[keep])
 
 
+# ----------------------------------------------------------------------------------------------------------- CIFAR-10
+
+CIFAR10_BIN_DIR = "cifar-10-batches-bin"  # what cifar-10-binary.tar.gz extracts to
+CIFAR10_FILES = {"train": tuple(f"data_batch_{i}.bin" for i in range(1, 6)), "test": ("test_batch.bin",)}
+CIFAR10_SIZES = {"train": 50000, "test": 10000}
+CIFAR10_SHAPE = (3, 32, 32)
+CIFAR10_RECORD = 1 + 3 * 32 * 32  # 1 label byte, then the R, G and B planes, each 32 x 32 row-major
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
+CIFAR10_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)  # fmt: skip
+_GET_CIFAR10_BIN = (f"download the binary version ({CIFAR10_URL}, 'CIFAR-10 binary version (suitable for C "
+                    f"programs)' on the CIFAR page), extract it with `tar xzf cifar-10-binary.tar.gz` and pass the "
+                    f"folder that holds {CIFAR10_BIN_DIR}/ (or that folder itself) as --data-root (config "
+                    "images.data_root); docs/cifar10.md")
+
+
+def read_cifar10_bin(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Parse one file of the CIFAR-10 binary version: uint8 images ``(N, 3, 32, 32)`` and int64 labels ``(N,)``.
+
+    A file is ``N`` records of 3073 bytes: the label (0..9), then 1024 red, 1024 green and 1024 blue bytes, each plane
+    row-major, which is already the channel-first layout. Read with numpy only (never a pickle).
+
+    Raises:
+        ValueError: the size is not a positive multiple of 3073 bytes (truncated, or not the binary version), or a
+            label is outside 0..9.
+    """
+    path = Path(path)
+    raw = np.fromfile(path, dtype=np.uint8)
+    if raw.size == 0 or raw.size % CIFAR10_RECORD:
+        raise ValueError(f"{path} has {raw.size} bytes, not a whole number of {CIFAR10_RECORD}-byte records (1 label "
+                         f"byte + 3072 pixel bytes): the file is truncated or is not CIFAR-10's binary version; "
+                         f"{_GET_CIFAR10_BIN}")
+    records = raw.reshape(-1, CIFAR10_RECORD)  # (N, 3073)
+    labels = records[:, 0].astype(np.int64)  # (N,)
+    if labels.max() >= len(CIFAR10_CLASSES):
+        bad = int(np.flatnonzero(labels >= len(CIFAR10_CLASSES))[0])
+        raise ValueError(f"{path}: record {bad} has label {labels[bad]}, outside 0..9: the file is not a CIFAR-10 "
+                         f"binary batch (CIFAR-100's binary version has 2 label bytes per record)")
+    return records[:, 1:].reshape(-1, *CIFAR10_SHAPE), labels  # (N, 3, 32, 32) uint8, (N,) int64
+
+
+def write_cifar10_bin(path: str | Path, images: np.ndarray, labels: np.ndarray) -> None:
+    """Write uint8 ``(N, 3, 32, 32)`` images and labels in 0..9 as a CIFAR-10 binary file (the inverse of
+    :func:`read_cifar10_bin`; tests and synthetic data)."""
+    images, labels = np.asarray(images), np.asarray(labels)
+    if images.dtype != np.uint8 or images.shape[1:] != CIFAR10_SHAPE or labels.shape != images.shape[:1]:
+        raise ValueError(f"expected uint8 images (N, 3, 32, 32) and labels (N,), got {images.shape} {images.dtype} "
+                         f"and {labels.shape}")
+    if labels.size and not 0 <= labels.min() <= labels.max() < len(CIFAR10_CLASSES):
+        raise ValueError(f"labels must lie in 0..9, got {labels.min()}..{labels.max()}")
+    records = np.concatenate([labels.astype(np.uint8)[:, None], images.reshape(len(images), -1)], axis=1)
+    Path(path).write_bytes(records.tobytes())
+
+
+def write_synthetic_cifar10(folder: str | Path, num_train: int = 500, num_test: int = 100, seed: int = 0) -> Path:
+    """Write a synthetic stand-in for CIFAR-10 in its binary layout: ``folder/cifar-10-batches-bin/`` with the five
+    training batches (``num_train`` images split as evenly as possible) and the test batch.
+
+    Image ``i`` of class ``c = i mod 10`` is a colour ramp of the class's colour plus noise (so that features differ
+    by class), all from numpy's generator of ``seed``. For tests and the CPU smoke run only; its FIDs mean nothing.
+    """
+    if num_train < 5 or num_test < 1:
+        raise ValueError(f"need at least 5 training images (one per batch file) and 1 test image, got {num_train} and "
+                         f"{num_test}")
+    rng = np.random.default_rng(seed)
+    out = Path(folder) / CIFAR10_BIN_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    colours = rng.uniform(40, 215, size=(len(CIFAR10_CLASSES), 3, 1, 1))  # (10, 3, 1, 1)
+    ramp = np.linspace(-30, 30, 32)[None, None, :] + np.zeros((1, 32, 1))  # (1, 32, 32): left to right
+
+    def images(index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        labels = index % len(CIFAR10_CLASSES)
+        x = colours[labels] + ramp[None] + rng.normal(0, 20, size=(len(index), *CIFAR10_SHAPE))  # (n, 3, 32, 32)
+        return np.clip(np.rint(x), 0, 255).astype(np.uint8), labels
+
+    for i, part in enumerate(np.array_split(np.arange(num_train), 5)):
+        write_cifar10_bin(out / CIFAR10_FILES["train"][i], *images(part))
+    write_cifar10_bin(out / CIFAR10_FILES["test"][0], *images(np.arange(num_test)))
+    return out
+
+
+def cifar10_dir(root: str | Path | None) -> Path:
+    """The folder of the CIFAR-10 binary files: ``root/cifar-10-batches-bin`` if it exists, else ``root``.
+
+    Raises:
+        FileNotFoundError: no root was given, or files are missing; the message says how to get the binary version,
+            and names the python version when that is what the folder holds (it is a pickle, never loaded here).
+    """
+    if root is None:
+        raise FileNotFoundError(f"CIFAR-10 has no standard place on this machine and is never downloaded at run "
+                                f"time: {_GET_CIFAR10_BIN}")
+    root = Path(root)
+    folder = root / CIFAR10_BIN_DIR if (root / CIFAR10_BIN_DIR).is_dir() else root
+    names = [n for split in CIFAR10_FILES.values() for n in split]
+    missing = [n for n in names if not (folder / n).is_file()]
+    if not missing:
+        return folder
+    pickles = [p for p in (root / "cifar-10-batches-py", root) if (p / "data_batch_1").is_file()]
+    if pickles:
+        raise FileNotFoundError(f"{pickles[0]} holds the python version of CIFAR-10 (pickled batches), which this "
+                                f"project never loads: unpickling a file can run arbitrary code. Instead, "
+                                f"{_GET_CIFAR10_BIN}")
+    raise FileNotFoundError(f"CIFAR-10 not found: {folder} lacks {', '.join(missing)}; {_GET_CIFAR10_BIN}")
+
+
+def load_cifar10(split: str = "train", root: str | Path | None = None) -> tuple[Tensor, Tensor]:
+    """CIFAR-10 ``split`` ("train": the 5 data batches, 50000; "test": 10000) from the binary version in ``root``:
+    uint8 ``(N, 3, 32, 32)`` and int64 labels in 0..9, in file order."""
+    if split not in CIFAR10_FILES:
+        raise ValueError(f"unknown CIFAR-10 split {split!r}; choose one of {sorted(CIFAR10_FILES)}")
+    folder = cifar10_dir(root)
+    parts = [read_cifar10_bin(folder / name) for name in CIFAR10_FILES[split]]
+    images = np.concatenate([p[0] for p in parts])
+    labels = np.concatenate([p[1] for p in parts])
+    return torch.from_numpy(images), torch.from_numpy(labels)
+
+
 # ------------------------------------------------------------------------------------------------ units and registry
 
 
@@ -166,7 +285,11 @@ def pad_images(images: Tensor, size: int) -> Tensor:
 
 @dataclass(frozen=True)
 class ImageDataset:
-    """A registered image dataset: its uint8 loader and its shape."""
+    """A registered image dataset: its uint8 loader and its shape.
+
+    ``conditional`` False: the labels are read (for the feature classifier and class-stratified reference sets) but
+    runs on it are unconditional. ``hflip``: training batches are mirrored left-right with probability 1/2.
+    """
 
     name: str
     loader: Callable[..., tuple[Tensor, Tensor]]  # (split, root=None) -> (uint8 (N, C, H, W), int64 (N,))
@@ -174,6 +297,8 @@ class ImageDataset:
     resolution: int
     num_classes: int
     splits: tuple[str, ...] = ("train", "test")
+    conditional: bool = True
+    hflip: bool = False
 
     def load_uint8(self, split: str = "train", root: str | Path | None = None) -> tuple[Tensor, Tensor]:
         return self.loader(split, root)
@@ -182,6 +307,8 @@ class ImageDataset:
 IMAGE_DATASETS = {
     "fashion-mnist": ImageDataset("fashion-mnist", lambda split, root=None: load_fashion_mnist(split, root), 1, 28, 10),
     "digits": ImageDataset("digits", lambda split, root=None: load_digits(split), 1, 8, 10),
+    # unconditional as in the paper's Table 5; random flips as in DDPM's CIFAR-10 training
+    "cifar10": ImageDataset("cifar10", load_cifar10, 3, 32, 10, conditional=False, hflip=True),
 }
 
 

@@ -39,20 +39,22 @@ class PointDataset:
 
 @dataclass(frozen=True)
 class ImageDatasetInfo:
-    """A class-conditional image dataset: images ``(N, C, H, W)`` in ``[-1, 1]``, stored as uint8."""
+    """An image dataset: images ``(N, C, H, W)`` in ``[-1, 1]``, stored as uint8; class-conditional, or
+    unconditional when ``num_classes`` is 0 (sample sets then have no labels)."""
 
     name: str
     sample_shape: tuple[int, ...]
     num_classes: int
     networks: tuple[str, ...] = registry.IMAGE_NETWORKS
 
-    def labels(self, num_samples: int) -> torch.Tensor:
-        return balanced_labels(num_samples, self.num_classes)
+    def labels(self, num_samples: int) -> torch.Tensor | None:
+        return balanced_labels(num_samples, self.num_classes) if self.num_classes else None
 
     def sample_arrays(self, x: np.ndarray, labels: torch.Tensor | None = None) -> dict[str, np.ndarray]:
         from gmflow.harness.data_images import to_uint8
 
-        return {"images": to_uint8(torch.from_numpy(x)).numpy(), "labels": labels.numpy()}
+        images = {"images": to_uint8(torch.from_numpy(x)).numpy()}
+        return images if labels is None else {**images, "labels": labels.numpy()}
 
     def sample_record(self) -> dict:
         """Fields a sample set's record gets from its dataset (none for pixel datasets)."""
@@ -122,7 +124,8 @@ def dataset_info(name: str, data_root: str | None = None, **latent_options) -> P
         from gmflow.harness.data_images import IMAGE_DATASETS
 
         ds = IMAGE_DATASETS[name]
-        return ImageDatasetInfo(name, (ds.channels, ds.resolution, ds.resolution), ds.num_classes)
+        num_classes = ds.num_classes if ds.conditional else 0  # an unconditional dataset's runs see no labels
+        return ImageDatasetInfo(name, (ds.channels, ds.resolution, ds.resolution), num_classes)
     raise ValueError(f"unknown dataset {name!r}; choose one of {list(registry.DATASETS)}")
 
 

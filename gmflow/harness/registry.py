@@ -24,14 +24,17 @@ GM_SDE_SOLVERS = ("gm-sde", "gm-sde-2")  # take an x0 sampler (spectral sampling
 GUIDANCE = ("none", "probabilistic", "cfg")
 DATASETS_2D = ("checkerboard", "gmm2d")
 # Keys of modules that are slow to import (tests/test_registry.py checks them against the modules themselves)
-IMAGE_DATASETS = ("fashion-mnist", "digits")
+IMAGE_DATASETS = ("fashion-mnist", "digits", "cifar10")
 IMAGE_NETWORKS = ("dit-xl-2", "dit-l-2", "dit-b-2", "dit-s-2", "dit-fmnist-tiny", "dit-fmnist-small", "dit-digits-tiny",
                   "gmdit-xl-2-official", "dit-latent-tiny")
+UNET_NETWORKS = ("unet-cifar10", "unet-tiny")  # U-Nets (gmflow/harness/unet.py); the others are DiTs
+IMAGE_NETWORKS += UNET_NETWORKS
 # Datasets trained in a VAE's latent space from a cache made by `images encode-latents` (gmflow/harness/data_latents.py)
 LATENT_DATASETS = ("imagenet256",)
 LATENT_NETWORKS = ("dit-xl-2", "dit-l-2", "dit-b-2", "dit-s-2", "gmdit-xl-2-official", "dit-latent-tiny")
 CLASS_IMAGE_DATASETS = IMAGE_DATASETS + LATENT_DATASETS  # the datasets of the image experiment
 DATASETS = DATASETS_2D + IMAGE_DATASETS + LATENT_DATASETS
+USER_SUPPLIED_DATASETS = ("cifar10",)  # no standard place on a machine: images.data_root must name their folder
 NETWORKS_2D = ("mlp2d",)
 NETWORKS = NETWORKS_2D + IMAGE_NETWORKS
 INCEPTION_TF = "inception-tf"

@@ -3,9 +3,10 @@
 A spec holds ``network`` (a registry key), ``method`` (``gmflow`` or ``fm``: the GM or the velocity head),
 ``num_components``, ``dataset``, ``sample_shape`` and ``num_classes``, plus the network family's own fields (the 2D
 MLP's ``width`` and ``depth``; a DiT's optional ``patch_size``, ``depth``, ``width``, ``num_heads`` overrides and
-``spectral``, whether a SpectrumMLP is trained beside it). A run imported from another code base also records its
-whole DiT architecture as ``architecture``, a dict of :class:`gmflow.harness.dit.DiTConfig` fields over the variant's
-(gmflow/harness/official.py). Builders are looked up by network key.
+``spectral``, whether a SpectrumMLP is trained beside it; a U-Net's ``spectral`` alone). A run imported from another
+code base also records its whole DiT architecture as ``architecture``, a dict of
+:class:`gmflow.harness.dit.DiTConfig` fields over the variant's (gmflow/harness/official.py). Builders are looked up
+by network key.
 """
 
 from __future__ import annotations
@@ -55,7 +56,27 @@ def _build_dit(spec: dict) -> tuple[nn.Module, nn.Module | None]:
     return net, spectrum
 
 
+def _build_unet(spec: dict) -> tuple[nn.Module, nn.Module | None]:
+    from gmflow.harness.unet import build_unet
+
+    net = build_unet(spec["network"], _head(spec["method"]), max(spec["num_components"], 1))
+    c, h, w = spec["sample_shape"]
+    if (net.config.in_channels, *net.input_hw) != (c, h, w) or net.config.num_classes != spec["num_classes"]:
+        raise ValueError(
+            f"network {spec['network']!r} takes {net.config.in_channels}x{net.input_hw} images with "
+            f"{net.config.num_classes} classes, but dataset {spec['dataset']!r} has {c}x{(h, w)} and "
+            f"{spec['num_classes']} classes; pick a matching network (see gmflow/harness/unet.py UNET_VARIANTS)"
+        )
+    spectrum = None
+    if spec.get("spectral"):
+        from gmflow.spectral import SpectrumMLP
+
+        spectrum = SpectrumMLP(c, base_size=max(h, w))
+    return net, spectrum
+
+
 BUILDERS = {"mlp2d": _build_mlp2d, **{key: _build_dit for key in registry.IMAGE_NETWORKS}}
+BUILDERS.update({key: _build_unet for key in registry.UNET_NETWORKS})
 
 
 def build_network(spec: dict) -> tuple[nn.Module, nn.Module | None]:
@@ -87,6 +108,11 @@ def network_spec(dataset: str, network: str, method: str, num_components: int = 
         return {**spec, "width": width, "depth": depth}
     if getattr(info, "latents", None) is not None:
         spec["latents"] = info.latents
+    if network in registry.UNET_NETWORKS:
+        given = sorted(k for k, v in (dit or {}).items() if v is not None)
+        if given:
+            raise ValueError(f"{given} override a DiT's shape; {network!r} is a U-Net (gmflow/harness/unet.py)")
+        return {**spec, "spectral": bool(spectral)}
     return {**spec, "spectral": bool(spectral), **{k: (dit or {}).get(k) for k in DIT_OVERRIDES}}
 
 

@@ -90,7 +90,7 @@ def final_targets():
     if TOY is not None:
         out += [f"{RES}/reports/2d_toy.html"]
     if IMG is not None:
-        out += [f"{RES}/reports/{nb}.html" for nb in IMAGE_NOTEBOOKS]
+        out += [f"{RES}/reports/{nb}.html" for nb in IMG["notebooks"]]  # schema default: IMAGE_NOTEBOOKS
     return out
 
 

@@ -43,7 +43,7 @@ rule classifier_images:
         f"{RES}/benchmarks/classifier/{{dataset}}.tsv"
     params:
         c=lambda w: IMG["classifier"],
-        root=lambda w: f"--data-root {IMG['data_root']}" if IMG["data_root"] else "",
+        root=lambda w: f"--data-root '{IMG['data_root']}'" if IMG["data_root"] else "",
     threads: THREADS
     conda:
         ENV
@@ -71,7 +71,7 @@ rule reference_features_images:
         r=lambda w: IMG["reference"],
         n=lambda w: IMG["reference"]["inception_images"] if w.extractor == "inception-tf" else IMG["reference"]["num_images"],
         cls=lambda w, input: f"--classifier {input[0]}" if len(input) else "",
-        root=lambda w: f"--data-root {IMG['data_root']}" if IMG["data_root"] else "",
+        root=lambda w: f"--data-root '{IMG['data_root']}'" if IMG["data_root"] else "",
     threads: THREADS
     conda:
         ENV

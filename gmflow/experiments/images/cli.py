@@ -1,4 +1,4 @@
-"""``gmflow-bench images ...``: the stages of the class-conditional image experiment.
+"""``gmflow-bench images ...``: the stages of the image experiment (class-conditional, or unconditional CIFAR-10).
 
 Example (the digits with GMFlow, K = 4, a classifier for features, then GM-ODE 2 at NFE 4 with guidance)::
 
@@ -21,6 +21,8 @@ ImageNet 256 in the SD-VAE latent space (docs/imagenet.md): encode once, train o
     gmflow-bench images reference-batch --image-root imagenet/train --num-images 10000 --out ref_batch.npz
     gmflow-bench images reference-features --dataset imagenet256 --reference-batch ref_batch.npz \\
         --extractor inception-tf --out ref_inception.npz
+Unconditional CIFAR-10 (the paper's Table 5; docs/cifar10.md) takes the same stages with ``--dataset cifar10
+--network unet-cifar10 --data-root DIR`` and ``--extractor inception-tf`` (reference ``--split train``).
 """
 
 from __future__ import annotations
@@ -144,6 +146,13 @@ def cmd_reference_features(a) -> None:
     io.write_json(io.provenance(args_record(a), kind="reference-features", **rec), Path(a.out).with_suffix(".json"))
 
 
+def cmd_synthetic_cifar10(a) -> None:
+    from gmflow.harness.data_images import write_synthetic_cifar10
+
+    folder = write_synthetic_cifar10(a.out, a.num_train, a.num_test, a.seed)
+    print(f"{folder}: {a.num_train} training and {a.num_test} test images (synthetic, CIFAR-10 binary layout)")
+
+
 def cmd_evaluate(a) -> None:
     from gmflow.experiments.images.stages import evaluate_images
 
@@ -222,7 +231,8 @@ def add_parsers(sub, fmt) -> None:
     s.add_argument("--dit-depth", type=positive_int, default=None, help="DiT blocks (default: the variant's)")
     s.add_argument("--dit-width", type=positive_int, default=None, help="DiT hidden size (default: the variant's)")
     s.add_argument("--num-heads", type=positive_int, default=None, help="DiT heads (default: the variant's)")
-    s.add_argument("--label-dropout", type=ranged("label_dropout"), default=0.1, help="probability of the null class")
+    s.add_argument("--label-dropout", type=ranged("label_dropout"), default=0.1,
+                   help="probability of the null class (unconditional datasets such as cifar10 have none)")
     s.add_argument("--spectral", action="store_true", help="also train the SpectrumMLP (GMFlow)")
     s.add_argument("--spectral-weight", type=ranged("spectral_weight"), default=1.0)
     s.add_argument("--grad-checkpointing", action="store_true",
@@ -274,6 +284,16 @@ def add_parsers(sub, fmt) -> None:
     s.add_argument("--threads", type=positive_int, default=1)
     s.add_argument("--out", required=True, help="output .npz")
     s.set_defaults(func=cmd_reference_features)
+
+    s = cmds.add_parser("synthetic-cifar10", formatter_class=fmt,
+                        help="write a synthetic stand-in for CIFAR-10 in its binary layout (tests, CPU smoke run)",
+                        epilog="example: gmflow-bench images synthetic-cifar10 --out /tmp/cifar-synthetic "
+                               "(then --data-root /tmp/cifar-synthetic)")
+    s.add_argument("--out", required=True, help="folder; the files go to its cifar-10-batches-bin/")
+    s.add_argument("--num-train", type=positive_int, default=500, help="training images (over the 5 batch files)")
+    s.add_argument("--num-test", type=positive_int, default=100, help="test images")
+    s.add_argument("--seed", type=nonneg_int, default=0)
+    s.set_defaults(func=cmd_synthetic_cifar10)
 
     s = cmds.add_parser("evaluate", help="features and metrics of an image sample set", formatter_class=fmt)
     s.add_argument("--samples", required=True)

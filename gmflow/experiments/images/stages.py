@@ -1,5 +1,6 @@
-"""The image experiment's stages as functions: train a run on an image dataset, draw
-class-conditional sample sets, compute features and metrics against a real reference set, and the held-out NLL.
+"""The image experiment's stages as functions: train a run on an image dataset, draw class-conditional (or, for an
+unconditional dataset, unlabelled) sample sets, compute features and metrics against a real reference set, and the
+held-out NLL.
 
 The CLI (``gmflow-bench images ...``) calls these; they read and write only the paths they are given.
 """
@@ -32,29 +33,41 @@ from gmflow.schedule import add_noise, sigma_to_timestep
 
 def train_images(spec: dict, cfg, out_dir: str | Path, data_root: str | None = None, progress: bool = True,
                  device="cpu", group=None, grad_checkpointing: bool = False) -> dict:
-    """Train the run's network on the dataset's training split, class-conditional with label dropout (``device``
-    and the torchrun ``group``: :func:`gmflow.harness.train.train`; ``grad_checkpointing`` recomputes each DiT
-    block in the backward pass, the same gradients with less memory).
+    """Train the run's network on the dataset's training split, class-conditional with label dropout, or
+    unconditional for a dataset without classes (``spec["num_classes"]`` 0: labels unused, no label dropout).
+    Datasets registered with ``hflip`` mirror each training image with probability 1/2. ``device`` and the torchrun
+    ``group``: :func:`gmflow.harness.train.train`; ``grad_checkpointing`` recomputes each DiT block in the backward
+    pass, the same gradients with less memory.
 
     A latent dataset (imagenet256) trains on its latent cache at ``data_root`` exactly as a pixel dataset on its
     images: the cache is read into memory once in its stored dtype (ImageNet 256: 10.5 GB of float16, see
     :func:`gmflow.harness.data_latents.load_latent_cache`) and each batch is converted to float32. The horizontal
     flip was drawn when the cache was made, as in the paper's code, so batches are not flipped here.
     """
+    from gmflow.harness.data_images import IMAGE_DATASETS
     from gmflow.harness.datasets import training_arrays
     from gmflow.harness.devices import Distributed
     from gmflow.harness.losses import make_loss
     from gmflow.harness.train import train
 
     x, y = training_arrays(spec["dataset"], data_root)
+    registered = IMAGE_DATASETS.get(spec["dataset"])
+    conditional, hflip = spec["num_classes"] > 0, bool(getattr(registered, "hflip", False))
     torch.manual_seed(cfg.seed)
     net, spectrum = build_network(spec)
     net.grad_checkpointing = grad_checkpointing
-    cfg.null_label = net.null_label
+    if conditional:
+        cfg.null_label = net.null_label
+    else:
+        cfg.label_dropout, cfg.null_label = 0.0, -1  # nothing to drop: the run never sees a label
 
     def sample_batch(n: int, gen: torch.Generator):
         idx = torch.randint(len(x), (n,), generator=gen)
-        return x[idx].float(), y[idx]
+        x0 = x[idx].float()  # (n, C, H, W); latent caches are stored in float16
+        if hflip:
+            flip = torch.rand(n, generator=gen) < 0.5  # (n,)
+            x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+        return (x0, y[idx]) if conditional else x0
 
     run_spec = {**spec, "data_root": None if data_root is None else str(Path(data_root).resolve())}
     return train(net, cfg, sample_batch, out_dir, make_loss(cfg, spectrum), progress=progress, spectrum_net=spectrum,
@@ -95,7 +108,8 @@ def sample_images(run_dir, solver: str, nfe: int, num_samples: int, seed: int = 
                   orthogonal: float = 1.0, spectral: bool = False, progress: bool = True, device="cpu",
                   precision: str = "fp32", group=None, vae: str | None = None,
                   vae_device: str = "auto") -> tuple[dict, dict]:
-    """A class-balanced sample set: ``{"images": uint8 (N, C, H, W), "labels": (N,)}`` and its record.
+    """A class-balanced sample set: ``{"images": uint8 (N, C, H, W), "labels": (N,)}`` and its record (no labels
+    for an unconditional run).
 
     Latent datasets decode the sampled latents with ``vae`` (on ``vae_device``) in this same stage, so every sample
     set on disk is images and one evaluation path serves every dataset; the record names the VAE.
@@ -181,7 +195,7 @@ def reference_batch_features(batch: str | Path, extractor: str, out: str | Path,
 def evaluate_images(samples: str | Path, reference: str | Path, extractor: str, classifier: str | None,
                     features_out: str | Path, kid_subset_size: int = 1000) -> pd.DataFrame:
     """Stage 1 (features of the sample set, saved) and stage 2 (metrics): one long-format row per metric."""
-    data = io.load_npz(samples, ("images", "labels", "record"))
+    data = io.load_npz(samples, ("images", "record"))  # labels: class-conditional sets only
     rec = json.loads(str(data["record"]))
     ref = load_feature_set(reference, extractor)
     fs = feature_set(torch.from_numpy(data["images"]), get_extractor(extractor, classifier))
@@ -200,8 +214,9 @@ def heldout_nll(run_dir: str | Path, num_images: int, times_per_image: int, seed
 
     For each test image and each of ``times_per_image`` draws ``sigma ~ U(0, 1)`` (clamped >= 1e-4), ``eps ~ N(0, I)``:
     ``-log q(u | x_t, y)`` of ``u = eps - x0`` under the predicted GM, Gaussian constant included, divided by
-    ``D ln 2``. The label is the image's class (conditional NLL); images in [-1, 1] units. Latent datasets have no
-    test split here: as in the paper's Table 3, the NLL is of (a class-balanced prefix of) the training latents.
+    ``D ln 2``. The label is the image's class (conditional NLL; none for an unconditional run); images in [-1, 1]
+    units. Latent datasets have no test split here: as in the paper's Table 3, the NLL is of (a class-balanced prefix
+    of) the training latents.
     """
     net, _, spec = load_run(run_dir)
     if spec["method"] != "gmflow":
@@ -220,7 +235,7 @@ def heldout_nll(run_dir: str | Path, num_images: int, times_per_image: int, seed
     c = spec["sample_shape"][0]
     for _ in range(times_per_image):
         for i in range(0, len(images), batch_size):
-            x0, y = images[i : i + batch_size], labels[i : i + batch_size]
+            x0, y = images[i : i + batch_size], labels[i : i + batch_size] if spec["num_classes"] else None
             sigma = (1 - torch.rand(len(x0), generator=gen)).clamp(min=1e-4)
             eps = torch.randn(x0.shape, generator=gen)
             gm = net(add_noise(x0, eps, sigma), sigma_to_timestep(sigma), y)

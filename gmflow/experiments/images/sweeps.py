@@ -94,6 +94,10 @@ def check_images_config(images: dict) -> list[str]:
     """Cross-key rules the schema cannot state; returns error messages (empty when the config is consistent)."""
     errors = []
     runs = images["runs"]
+    if images["dataset"] in registry.USER_SUPPLIED_DATASETS and not images.get("data_root"):
+        errors.append(f"config error at 'images.data_root': dataset {images['dataset']!r} is supplied by the user "
+                      f"and has no standard place; set images.data_root to its folder (docs/{images['dataset']}.md), "
+                      f"e.g. --config images='{{data_root: /data/cifar10}}'")
     for run, spec in runs.items():
         if spec["method"] == "gmflow" and "K" not in spec:
             errors.append(f"config error at 'images.runs.{run}': a gmflow run needs K (number of components)")
@@ -111,11 +115,14 @@ def check_images_config(images: dict) -> list[str]:
         cfg = DIT_VARIANTS[network]
         size = cfg.input_size if isinstance(cfg.input_size, int) else tuple(cfg.input_size)
         takes = (cfg.in_channels, *((size, size) if isinstance(size, int) else size))
-        if takes != tuple(info.sample_shape):
-            fits = [n for n, c in DIT_VARIANTS.items() if (c.in_channels, c.input_size, c.input_size)
-                    == tuple(info.sample_shape)]
+        shape = tuple(info.sample_shape)
+        if images["dataset"] in registry.LATENT_DATASETS:  # SD-VAE latents: 4 channels at 1/8 of the crop size
+            res = images.get("latents", {}).get("resolution", 8 * shape[-1]) // 8
+            shape = (shape[0], res, res)
+        if takes != shape:
+            fits = [n for n, c in DIT_VARIANTS.items() if (c.in_channels, c.input_size, c.input_size) == shape]
             errors.append(f"config error at 'images.train.network': {network!r} takes {takes} inputs (C, H, W) but "
-                          f"{images['dataset']} samples are {tuple(info.sample_shape)}; choose one of {fits}")
+                          f"{images['dataset']} samples are {shape}; choose one of {fits}")
     snapshot_steps = images["train"].get("snapshot_steps", [])
     for k in snapshot_steps:
         if k >= images["train"]["steps"]:
