@@ -13,7 +13,8 @@ images were conditioned on (``labels``), and stage 2 gives the class consistency
 
 tests/test_images_data_metrics.py checks FID, KID and precision / recall against torch-fidelity's own functions
 (``fid_statistics_to_metric``, ``kid_features_to_metric``, ``calculate_precision_recall_full``) on the same features;
-tests/test_intervals.py checks the intervals (coverage of a known FID, width ~ 1/sqrt(n), the indicator bootstrap).
+tests/test_metrics_intervals.py checks the intervals (coverage of a known FID, width ~ 1/sqrt(n), the indicator
+bootstrap).
 """
 
 from __future__ import annotations
