@@ -113,6 +113,10 @@ def test_precision_and_recall_intervals_are_the_bootstrap_of_their_indicators():
     assert (gen @ fake_in)[0] == fake_in[idx].sum()
     real_counts = mi.resample_counts(len(real_in), 300, (5, 1))
     assert ci["recall"] == mi.percentile_interval(real_counts @ real_in / len(real_in))
+    # all indicators equal: the bootstrap would collapse to a point, the exact binomial interval does not
+    none = np.zeros(200, dtype=bool)
+    assert mi.indicator_interval(none, mi.resample_counts(200, 50, 0)) == mi.binomial_interval(0, 200)
+    assert mi.indicator_interval(none, mi.resample_counts(200, 50, 0))[1] > 0.01
 
 
 def test_binomial_interval_is_clopper_pearson():

@@ -253,7 +253,8 @@ def image_metrics_with_intervals(
     (``resample_counts``); one replicate is one resampled generated set for every metric that resamples it.
 
     - ``precision``: percentile bootstrap over generated samples of the mean of their indicators (inside the real
-      manifold), the real manifold fixed: each indicator depends on one generated sample only.
+      manifold), the real manifold fixed: each indicator depends on one generated sample only
+      (``indicator_interval``: the exact binomial interval when all indicators are equal).
     - ``recall``: percentile bootstrap over real samples of their indicators (inside the generated manifold), the
       generated manifold fixed; the generated set's own variability (its k-NN balls) is left out.
     - ``class_consistency`` and ``class_consistency_real``: exact (Clopper-Pearson) binomial interval of the
@@ -285,9 +286,8 @@ def image_metrics_with_intervals(
     out["num_real"], out["num_generated"] = len(rf), len(ff)
     if num_resamples > 0:
         gen = resample_counts(len(ff), num_resamples, (seed, 0))
-        ci["precision"] = percentile_interval(gen @ fake_in / len(ff), level)
-        ci["recall"] = percentile_interval(resample_counts(len(rf), num_resamples, (seed, 1)) @ real_in / len(rf),
-                                           level)
+        ci["precision"] = indicator_interval(fake_in, gen, level)
+        ci["recall"] = indicator_interval(real_in, resample_counts(len(rf), num_resamples, (seed, 1)), level)
         fid_reps = fid_bootstrap(mu_r, sigma_r, ff, gen)
         lo, hi = basic_interval(out["fid"], fid_reps, level)
         ci["fid"] = (max(lo, 0.0), max(hi, 0.0))
@@ -319,6 +319,17 @@ def percentile_interval(replicates: np.ndarray, level: float = CI_LEVEL) -> tupl
     a = (1 - level) / 2
     lo, hi = np.quantile(np.asarray(replicates, np.float64), [a, 1 - a])
     return float(lo), float(hi)
+
+
+def indicator_interval(indicators: np.ndarray, counts: np.ndarray, level: float = CI_LEVEL) -> tuple[float, float]:
+    """Interval of a mean of 0/1 ``indicators`` (N,): the percentile bootstrap of ``counts @ indicators / N``, except
+    when all indicators are equal (a mean of 0 or 1), where every resample repeats it and the bootstrap collapses to
+    a point: then the exact ``binomial_interval``."""
+    x = np.asarray(indicators, np.float64)
+    k = int(x.sum())
+    if k in (0, len(x)):
+        return binomial_interval(k, len(x), level)
+    return percentile_interval(counts @ x / len(x), level)
 
 
 def basic_interval(estimate: float, replicates: np.ndarray, level: float = CI_LEVEL) -> tuple[float, float]:
