@@ -105,7 +105,7 @@ def test_unit_range_round_trip_and_padding():
     with pytest.raises(ValueError, match="symmetrically"):
         di.pad_images(u8, 11)
     with pytest.raises(ValueError, match="unknown image dataset"):
-        di.load_images("cifar10")
+        di.load_images("svhn")
 
 
 # ---------------------------------------------------------------------------------------------------------- FID
@@ -322,6 +322,24 @@ def test_two_stage_evaluation_round_trip(digits_classifier, tmp_path):
     assert held_out["precision"] > bad["precision"] and held_out["recall"] > bad["recall"]
     assert bad["clipped_low_diff"] < -0.3  # uniform noise has 1/256 black pixels, the digits about half
     assert held_out["num_real"] == 1438 and held_out["num_generated"] == 359
+
+
+def test_class_consistency_is_the_classifier_accuracy_saved_in_stage_1(digits_classifier, tmp_path):
+    model, *_ = digits_classifier
+    ext = fe.ClassifierFeatures(model, name="classifier-digits", batch_size=100)
+    xt, yt = di.load_digits("test")
+    feats, classes = ext.features_and_classes(xt)
+    assert np.array_equal(feats, ext.features(xt))
+    with torch.no_grad():
+        assert np.array_equal(classes, model(di.to_unit_range(xt)).argmax(1).numpy())
+    ref = mi.reference_statistics(mi.feature_set(xt, ext, yt))
+    mi.save_feature_set(tmp_path / "ref.npz", ref, ext.name)
+    ref = mi.load_feature_set(tmp_path / "ref.npz", extractor="classifier-digits")
+    gen = mi.feature_set(xt[:200], ext, (yt[:200] + 1) % 10)  # images "conditioned" on the wrong class
+    out, ci = mi.image_metrics_with_intervals(ref, gen, kid_subset_size=100, kid_subsets=5, num_resamples=50)
+    assert out["class_consistency_real"] == pytest.approx(fe.classifier_accuracy(model, xt, yt))
+    assert out["class_consistency"] < 0.1 < 0.8 < out["class_consistency_real"]
+    assert ci["class_consistency_real"][0] < out["class_consistency_real"] < ci["class_consistency_real"][1]
 
 
 def test_torch_fidelity_calculate_metrics_uses_our_classifier(digits_classifier):

@@ -256,7 +256,7 @@ def test_missing_points_do_not_crash():
         c = out["claims"].set_index("figure")
         # no main GMFlow run: nothing of Fig. 6 or Table 4 can be checked
         assert c.loc["Fig. 6"].agrees.isna().all() and c.loc["Table 4"].agrees.isna().all(), keep
-        assert len(pick(out["table4_ablation"], source="ours", feature_extractor=EXT)) == 8 * 4  # all kept
+        assert len(pick(out["table4_ablation"], source="ours", feature_extractor=EXT)) == 8 * 5  # all kept
     out = img_claims.build_tables(df[df.run == "none"], pub)
     assert out["claims"].empty and all(len(pick(out[n], source="ours")) == 0 for n in img_points.TABLES)
 
@@ -299,3 +299,62 @@ def test_notebooks_are_committed_clean_and_read_their_tables(name):
     for table in NOTEBOOK_TABLES[name]:
         assert f'"{table}.csv"' in src
     assert img_points.PAPER_SETTING in src
+
+
+def with_intervals(df: pd.DataFrame, half: float) -> pd.DataFrame:
+    """The scenario with an interval value +- half on every metric but the NLL."""
+    df = df.copy()
+    img = df.metric != "nll_bits_per_dim"
+    df["ci_low"] = np.where(img, df.value - half, np.nan)
+    df["ci_high"] = np.where(img, df.value + half, np.nan)
+    return df
+
+
+def test_intervals_reach_the_tables_and_seeds_combine():
+    df = with_intervals(scenario(), 0.01)
+    extra = pd.DataFrame(point("gm8", "gm-ode-2", 8, "probabilistic", 0.2, 11, .80, .03, substeps=16, seed=1))
+    extra = extra.reindex(columns=img_points.IMAGE_COLUMNS).assign(ci_low=lambda d: d.value - 0.02,
+                                                                    ci_high=lambda d: d.value + 0.02)
+    w = img_points.points(pd.concat([df, extra], ignore_index=True))
+    r = one(w, run="gm8", solver="gm-ode-2", nfe=8, guidance_scale=0.2, substeps=16, orthogonal=1.0)
+    # two seeds: centre (9 + 11) / 2, half-width sqrt(.01^2 + .02^2) / 2
+    assert (r.fid_ci_low, r.fid_ci_high) == pytest.approx((10 - np.sqrt(5e-4) / 2, 10 + np.sqrt(5e-4) / 2))
+    t = img_claims.build_tables(df, img_points.load_published(PUBLISHED))
+    f6 = one(t["fig6_nfe"], source="ours", feature_extractor=EXT, solver="gm-ode-2", nfe=8, selection="best_fid")
+    assert (f6.ci_low, f6.ci_high) == pytest.approx((8.99, 9.01))
+    assert pick(t["table3_nll"], source="ours").ci_low.isna().all()
+    # a table written before the intervals existed still loads, with NaN intervals
+    assert pick(img_claims.build_tables(scenario(), img_points.load_published(PUBLISHED))["fig6_nfe"],
+                source="ours").ci_low.isna().all()
+
+
+def test_verdict_rules():
+    assert img_claims.compare(1, 2, "<", (0.5, 1.5), (1.6, 2.4)) == "holds"
+    assert img_claims.compare(1, 2, "<", (0.5, 1.7), (1.6, 2.4)) == "noise"
+    assert img_claims.compare(1, 2, ">") == "fails"  # no intervals: the direction decides
+    assert img_claims.compare(np.nan, 2, ">") is None
+    v = img_claims.verdict
+    assert v(["holds", "holds"], True) == "agrees" and v(["holds", "noise"], True) == "within noise"
+    assert v(["holds", "noise", "fails"], True) == "disagrees" and v(["fails"], False) == "agrees"
+    assert pd.isna(v([], True)) and pd.isna(v(["holds"], None)) and pd.isna(v([None], True))
+    assert img_claims.abs_interval((-0.1, 0.3)) == (0.0, 0.3) and img_claims.abs_interval((-0.3, -0.1)) == (0.1, 0.3)
+
+
+def test_claims_verdicts_follow_the_intervals(tables):
+    pub = img_points.load_published(PUBLISHED)
+    point_only = tables["claims"].set_index("claim")
+    tight = img_claims.build_tables(with_intervals(scenario(), 1e-4), pub)["claims"].set_index("claim")
+    wide = img_claims.build_tables(with_intervals(scenario(), 100.0), pub)["claims"].set_index("claim")
+    assert tight.agrees.equals(point_only.agrees)  # agrees keeps its meaning
+    for name in (point_only, tight):
+        known = name.agrees.notna()
+        # no intervals or tight ones: every comparison is beyond noise; where a claim's comparisons are unanimous the
+        # verdict is the direction; a majority claim with a dissenting solver or curve disagrees
+        assert set(name.verdict[known]) <= {"agrees", "disagrees"}
+    assert point_only.verdict.isna().equals(point_only.agrees.isna())
+    c = claim({"claims": tight.reset_index()}, "spectral sampling lowers")  # A1 10 vs A2 7.5: disagrees
+    assert c.verdict == "disagrees" and claim({"claims": tight.reset_index()}, "analytic sub-steps").verdict == "agrees"
+    # wide intervals: every comparison of ours overlaps, except the NLL's, which has no interval
+    checked = wide[wide.agrees.notna()]
+    nll = checked.index.str.startswith("NLL")
+    assert (checked.verdict[~nll] == "within noise").all() and checked.verdict[nll].iloc[0] == "agrees"

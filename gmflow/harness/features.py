@@ -223,6 +223,17 @@ class ClassifierFeatures:
             [self.embed(images[s]).numpy() for s in _batches(len(images), self.batch_size)] or [np.zeros((0, self.dim))]
         ).astype(np.float32)
 
+    @torch.no_grad()
+    def features_and_classes(self, images: Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """One pass: ``features`` (N, feature_dim) float32 and the top-1 class (N,) int64 of ``forward``'s logits."""
+        images = _check_images(images)
+        feats, classes = [np.zeros((0, self.dim), np.float32)], [np.zeros(0, np.int64)]
+        for s in _batches(len(images), self.batch_size):
+            f = self.embed(images[s])
+            feats.append(f.numpy().astype(np.float32))
+            classes.append(self.model.head(f).argmax(1).numpy().astype(np.int64))
+        return np.concatenate(feats), np.concatenate(classes)
+
 
 def _sha1(path: Path) -> str:
     h = hashlib.sha1()

@@ -42,23 +42,33 @@ def knn_radii(a: np.ndarray, k: int = 3) -> np.ndarray:
     return d[:, -1]
 
 
-def manifold_coverage(ref: np.ndarray, ref_radii: np.ndarray, query: np.ndarray, chunk: int = 1024) -> float:
-    """Fraction of ``query`` points within ``ref_radii[j]`` of some ``ref[j]`` (exact, by chunked distances)."""
+def manifold_membership(ref: np.ndarray, ref_radii: np.ndarray, query: np.ndarray, chunk: int = 1024) -> np.ndarray:
+    """Per ``query`` point (N,) bool: within ``ref_radii[j]`` of some ``ref[j]`` (exact, by chunked distances)."""
     inside = np.empty(len(query), dtype=bool)
     for i in range(0, len(query), chunk):
         q = query[i : i + chunk]
         d2 = (q**2).sum(1)[:, None] - 2 * q @ ref.T + (ref**2).sum(1)[None]
         inside[i : i + chunk] = (d2 <= ref_radii[None] ** 2 + 1e-12).any(1)
-    return float(inside.mean())
+    return inside
+
+
+def manifold_coverage(ref: np.ndarray, ref_radii: np.ndarray, query: np.ndarray, chunk: int = 1024) -> float:
+    """Fraction of ``query`` points within ``ref_radii[j]`` of some ``ref[j]`` (exact, by chunked distances)."""
+    return float(manifold_membership(ref, ref_radii, query, chunk).mean())
+
+
+def knn_membership(real: np.ndarray, fake: np.ndarray, k: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """The indicators of improved precision and recall: ``fake`` (N,) inside the real k-NN manifold and ``real``
+    (M,) inside the generated one, bool; precision and recall are their means."""
+    real, fake = real.astype(np.float64), fake.astype(np.float64)
+    return manifold_membership(real, knn_radii(real, k), fake), manifold_membership(fake, knn_radii(fake, k), real)
 
 
 def knn_precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> tuple[float, float]:
     """Improved precision and recall (Kynkaanniemi et al. 2019): precision is the fraction of generated points inside
     the real k-NN manifold, recall the fraction of real points inside the generated one."""
-    real, fake = real.astype(np.float64), fake.astype(np.float64)
-    precision = manifold_coverage(real, knn_radii(real, k), fake)
-    recall = manifold_coverage(fake, knn_radii(fake, k), real)
-    return precision, recall
+    fake_in, real_in = knn_membership(real, fake, k)
+    return float(fake_in.mean()), float(real_in.mean())
 
 
 WINDOW = (-4.2, 4.2)

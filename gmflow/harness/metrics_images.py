@@ -7,8 +7,14 @@ features (N, D) and per-image pixel statistics; a dataset's reference set is the
 Stage 2 (pure): FID from means and covariances, KID (unbiased MMD^2, cubic polynomial kernel, in subsets), k-NN
 precision / recall, and grayscale over-saturation analogues, each "generated minus real".
 
+With an in-domain classifier, stage 1 also keeps each image's predicted class (``predicted``) beside the labels the
+images were conditioned on (``labels``), and stage 2 gives the class consistency (top-1 accuracy against the labels).
+``image_metrics_with_intervals`` adds a 95% interval to every metric of a sample set (docs/method.md, Sec. 8.1).
+
 tests/test_images_data_metrics.py checks FID, KID and precision / recall against torch-fidelity's own functions
-(``fid_statistics_to_metric``, ``kid_features_to_metric``, ``calculate_precision_recall_full``) on the same features.
+(``fid_statistics_to_metric``, ``kid_features_to_metric``, ``calculate_precision_recall_full``) on the same features;
+tests/test_metrics_intervals.py checks the intervals (coverage of a known FID, width ~ 1/sqrt(n), the indicator
+bootstrap).
 """
 
 from __future__ import annotations
@@ -20,11 +26,12 @@ import torch
 from torch import Tensor
 
 from gmflow.harness.io import save_npz
-from gmflow.harness.metrics2d import knn_precision_recall
+from gmflow.harness.metrics2d import knn_membership, knn_precision_recall
 
 # ------------------------------------------------------------------------------------------------------------ stage 1
 
 PIXEL_STATS = ("clipped_low", "clipped_high", "contrast", "intensity")
+CI_LEVEL = 0.95  # the level of every interval of a metric (columns ci_low, ci_high)
 
 
 def pixel_statistics(images: Tensor | np.ndarray) -> dict[str, np.ndarray]:
@@ -53,9 +60,24 @@ def pixel_statistics(images: Tensor | np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-def feature_set(images: Tensor, extractor) -> dict[str, np.ndarray]:
-    """Stage 1 for one sample set: ``{"features": (N, D) float32, **pixel_statistics}`` of uint8 (N, C, H, W)."""
-    return {"features": extractor.features(images), **pixel_statistics(images)}
+def feature_set(images: Tensor, extractor, labels: Tensor | np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Stage 1 for one sample set: ``{"features": (N, D) float32, **pixel_statistics}`` of uint8 (N, C, H, W).
+
+    An extractor that also classifies (``features_and_classes``, the in-domain classifiers) adds ``predicted`` (N,)
+    int64, its top-1 class; ``labels`` (N,), the classes the images were conditioned on (or the real labels), are
+    kept as ``labels`` int64, so that ``class_consistency`` is a function of the saved arrays.
+    """
+    if hasattr(extractor, "features_and_classes"):
+        features, predicted = extractor.features_and_classes(images)
+        out = {"features": features, "predicted": np.asarray(predicted, dtype=np.int64)}
+    else:
+        out = {"features": extractor.features(images)}
+    if labels is not None:
+        labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+        if len(labels) != len(out["features"]):
+            raise ValueError(f"{len(labels)} labels for {len(out['features'])} images: pass one label per image")
+        out["labels"] = labels
+    return {**out, **pixel_statistics(images)}
 
 
 def reference_statistics(fs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -171,6 +193,16 @@ def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> tuple[fl
     return knn_precision_recall(np.asarray(real), np.asarray(fake), k=k)
 
 
+def class_consistency(predicted: np.ndarray, labels: np.ndarray) -> float:
+    """Top-1 accuracy of a classifier's ``predicted`` classes (N,) against the ``labels`` (N,) the images were
+    conditioned on (for real images, their true classes: the floor a perfect generator would reach)."""
+    predicted, labels = np.asarray(predicted).reshape(-1), np.asarray(labels).reshape(-1)
+    if predicted.shape != labels.shape or len(labels) == 0:
+        raise ValueError(f"class consistency needs as many predictions as labels (> 0), got {predicted.shape} "
+                         f"and {labels.shape}")
+    return float((predicted == labels).mean())
+
+
 def saturation_analogues(real: dict[str, np.ndarray], fake: dict[str, np.ndarray]) -> dict[str, float]:
     """Grayscale stand-ins for the saturation of the paper's Table 2, each "generated minus real" mean of
     ``pixel_statistics``.
@@ -196,14 +228,184 @@ def image_metrics(
 ) -> dict[str, float]:
     """All image metrics of a generated feature set against a reference one (``mu`` / ``sigma`` used when present).
 
-    ``kid_subset_size`` is capped at the smaller set's size.
+    ``kid_subset_size`` is capped at the smaller set's size. ``class_consistency`` when ``fake`` holds ``predicted``
+    and ``labels``; ``class_consistency_real`` (the real-data floor) when ``real`` does.
     """
-    mu_r, sigma_r = (real["mu"], real["sigma"]) if "mu" in real else feature_statistics(real["features"])
-    out = {"fid": fid_from_statistics(mu_r, sigma_r, *feature_statistics(fake["features"]))}
-    subset = min(kid_subset_size, len(real["features"]), len(fake["features"]))
-    out["kid"], out["kid_std"] = kid(real["features"], fake["features"], subset, kid_subsets, seed)
-    out["precision"], out["recall"] = precision_recall(real["features"], fake["features"], pr_k)
-    if all(k in real and k in fake for k in PIXEL_STATS):
+    return image_metrics_with_intervals(real, fake, kid_subset_size=kid_subset_size, kid_subsets=kid_subsets,
+                                        pr_k=pr_k, seed=seed, num_resamples=0)[0]
+
+
+def image_metrics_with_intervals(
+    real: dict[str, np.ndarray],
+    fake: dict[str, np.ndarray],
+    *,
+    kid_subset_size: int = 1000,
+    kid_subsets: int = 100,
+    pr_k: int = 3,
+    seed: int = 2020,
+    num_resamples: int = 200,
+    level: float = CI_LEVEL,
+) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
+    """``image_metrics`` and a ``level`` interval ``(low, high)`` per metric that has one (docs/method.md, Sec. 8.1).
+
+    Resampling (``num_resamples`` replicates, 0 = no bootstrap intervals) draws multinomial counts from
+    ``np.random.default_rng((seed, 0))`` for the generated set and ``(seed, 1)`` for the real set
+    (``resample_counts``); one replicate is one resampled generated set for every metric that resamples it.
+
+    - ``precision``: percentile bootstrap over generated samples of the mean of their indicators (inside the real
+      manifold), the real manifold fixed: each indicator depends on one generated sample only
+      (``indicator_interval``: the exact binomial interval when all indicators are equal).
+    - ``recall``: percentile bootstrap over real samples of their indicators (inside the generated manifold), the
+      generated manifold fixed; the generated set's own variability (its k-NN balls) is left out.
+    - ``class_consistency`` and ``class_consistency_real``: exact (Clopper-Pearson) binomial interval of the
+      accuracy (``binomial_interval``), no resampling; valid at accuracies of 0 or 1, where a bootstrap collapses.
+    - ``fid``: basic (reverse percentile) bootstrap interval over the generated set, the reference statistics fixed
+      (``fid_bootstrap``, ``basic_interval``): resampling duplicates points and biases the replicates upward as the
+      finite sample biases the estimate, and the basic interval subtracts that bias, so it can lie below the point
+      estimate when the bias exceeds the spread. Clipped at 0.
+    - ``kid``: basic interval of the complete unbiased MMD^2's change over generated resamples (``kid_bootstrap``),
+      placed around the subset-average KID; the randomness of the subsets and of the real set is left out.
+    - the saturation analogues (``*_diff``): percentile bootstrap of the generated mean over generated images, the
+      real mean fixed.
+    """
+    rf, ff = np.asarray(real["features"]), np.asarray(fake["features"])
+    mu_r, sigma_r = (real["mu"], real["sigma"]) if "mu" in real else feature_statistics(rf)
+    out = {"fid": fid_from_statistics(mu_r, sigma_r, *feature_statistics(ff))}
+    subset = min(kid_subset_size, len(rf), len(ff))
+    out["kid"], out["kid_std"] = kid(rf, ff, subset, kid_subsets, seed)
+    fake_in, real_in = knn_membership(rf, ff, pr_k)
+    out["precision"], out["recall"] = float(fake_in.mean()), float(real_in.mean())
+    has_pixels = all(k in real and k in fake for k in PIXEL_STATS)
+    if has_pixels:
         out.update(saturation_analogues(real, fake))
-    out["num_real"], out["num_generated"] = len(real["features"]), len(fake["features"])
+    ci: dict[str, tuple[float, float]] = {}
+    for name, fs in (("class_consistency", fake), ("class_consistency_real", real)):
+        if "predicted" in fs and "labels" in fs:
+            out[name] = class_consistency(fs["predicted"], fs["labels"])
+            ci[name] = binomial_interval(int(round(out[name] * len(fs["labels"]))), len(fs["labels"]), level)
+    out["num_real"], out["num_generated"] = len(rf), len(ff)
+    if num_resamples > 0:
+        gen = resample_counts(len(ff), num_resamples, (seed, 0))
+        ci["precision"] = indicator_interval(fake_in, gen, level)
+        ci["recall"] = indicator_interval(real_in, resample_counts(len(rf), num_resamples, (seed, 1)), level)
+        fid_reps = fid_bootstrap(mu_r, sigma_r, ff, gen)
+        lo, hi = basic_interval(out["fid"], fid_reps, level)
+        ci["fid"] = (max(lo, 0.0), max(hi, 0.0))
+        ci["kid"] = basic_interval(out["kid"], out["kid"] + kid_bootstrap(rf, ff, gen), level)
+        if has_pixels:
+            for key in PIXEL_STATS:
+                diff = gen @ np.asarray(fake[key], np.float64) / len(ff) - np.mean(real[key])
+                ci[f"{key}_diff"] = percentile_interval(diff, level)
+            clipped = np.asarray(fake["clipped_low"], np.float64) + np.asarray(fake["clipped_high"], np.float64)
+            real_clipped = np.mean(real["clipped_low"]) + np.mean(real["clipped_high"])
+            ci["clipped_diff"] = percentile_interval(gen @ clipped / len(ff) - real_clipped, level)
+    return out, ci
+
+
+# ---------------------------------------------------------------------------------------------- 95% intervals
+
+
+def resample_counts(n: int, num: int, seed) -> np.ndarray:
+    """``num`` bootstrap resamples of ``n`` items as multinomial counts (num, n) int64 (each row sums to ``n``), from
+    ``np.random.default_rng(seed)``: row b says how often item i is drawn; a mean over a resample is ``counts @ x / n``.
+    """
+    if n < 1 or num < 1:
+        raise ValueError(f"resampling needs n >= 1 items and num >= 1 replicates, got n={n}, num={num}")
+    return np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=num)
+
+
+def percentile_interval(replicates: np.ndarray, level: float = CI_LEVEL) -> tuple[float, float]:
+    """The percentile bootstrap interval: the ``(1 - level) / 2`` and ``(1 + level) / 2`` replicate quantiles."""
+    a = (1 - level) / 2
+    lo, hi = np.quantile(np.asarray(replicates, np.float64), [a, 1 - a])
+    return float(lo), float(hi)
+
+
+def indicator_interval(indicators: np.ndarray, counts: np.ndarray, level: float = CI_LEVEL) -> tuple[float, float]:
+    """Interval of a mean of 0/1 ``indicators`` (N,): the percentile bootstrap of ``counts @ indicators / N``, except
+    when all indicators are equal (a mean of 0 or 1), where every resample repeats it and the bootstrap collapses to
+    a point: then the exact ``binomial_interval``."""
+    x = np.asarray(indicators, np.float64)
+    k = int(x.sum())
+    if k in (0, len(x)):
+        return binomial_interval(k, len(x), level)
+    return percentile_interval(counts @ x / len(x), level)
+
+
+def basic_interval(estimate: float, replicates: np.ndarray, level: float = CI_LEVEL) -> tuple[float, float]:
+    """The basic (reverse percentile) bootstrap interval ``(2 t - q_hi, 2 t - q_lo)`` of an estimate ``t``.
+
+    The replicates' deviation from ``t`` stands in for ``t``'s deviation from the truth, bias included: a statistic
+    biased upward by finite samples (FID) is biased upward again by resampling, and the interval moves down by as much.
+    """
+    q_lo, q_hi = percentile_interval(replicates, level)
+    return float(2 * estimate - q_hi), float(2 * estimate - q_lo)
+
+
+def binomial_interval(successes: int, n: int, level: float = CI_LEVEL) -> tuple[float, float]:
+    """The exact (Clopper-Pearson) interval of a proportion ``successes / n``: beta quantiles, 0 and 1 included."""
+    from scipy.stats import beta
+
+    a = (1 - level) / 2
+    lo = 0.0 if successes == 0 else float(beta.ppf(a, successes, n - successes + 1))
+    hi = 1.0 if successes == n else float(beta.ppf(1 - a, successes + 1, n - successes))
+    return lo, hi
+
+
+def fid_bootstrap(mu_r: np.ndarray, sigma_r: np.ndarray, fake: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """FID of each resampled generated set (rows of ``counts`` (B, N)) against fixed reference statistics: (B,).
+
+    Eigenvalue form, one small symmetric eigenproblem per replicate: with ``R = sigma_r^{1/2}`` (once) and
+    ``Z = fake R`` (once), the resampled covariance gives ``R S* R = Y^T Y`` with
+    ``Y = sqrt(w / (N - 1)) (Z - mean_w Z)`` over the drawn rows, and ``Tr (sigma_r S*)^{1/2}`` is the sum of square
+    roots of the eigenvalues of ``Y^T Y`` (D x D) or of ``Y Y^T`` (drawn rows squared), whichever is smaller: about
+    0.63 N rows, so 2048-d TF-Inception features of 1000 images need a 632 x 632 ``eigvalsh`` per replicate, not a
+    2048 x 2048 square root.
+    Counts of all ones give ``fid_from_statistics`` of the set.
+    """
+    x = np.asarray(fake, np.float64)
+    n = len(x)
+    root = sqrtm_psd(np.asarray(sigma_r, np.float64))
+    z = x @ root
+    sq = (x**2).sum(1)
+    mu_r = np.asarray(mu_r, np.float64)
+    tr_r = float(np.trace(sigma_r))
+    out = np.empty(len(counts))
+    for b, w in enumerate(np.asarray(counts, np.float64)):
+        mu = w @ x / n
+        tr_s = (w @ sq - n * mu @ mu) / (n - 1)
+        drawn = w > 0
+        y = np.sqrt(w[drawn] / (n - 1))[:, None] * (z[drawn] - w @ z / n)
+        gram = y @ y.T if len(y) < y.shape[1] else y.T @ y
+        tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh(gram), 0, None)).sum()
+        diff = mu_r - mu
+        out[b] = diff @ diff + tr_r + tr_s - 2 * tr_covmean
     return out
+
+
+def kid_bootstrap(real: np.ndarray, fake: np.ndarray, counts: np.ndarray, chunk: int = 1024) -> np.ndarray:
+    """Change of the complete unbiased MMD^2 (KID's kernel, all pairs) over resampled generated sets: (B,).
+
+    ``MMD^2 = A_gg + A_rr - 2 A_gr``; a resample with counts ``w`` keeps pairs of distinct drawn points,
+    ``A_gg(w) = (w^T K w - sum_i w_i^2 K_ii) / (N^2 - sum_i w_i^2)`` and ``A_gr(w) = w . b / N`` with ``b_i`` the mean
+    kernel of generated point i against the real set; ``A_rr`` does not change. Kernel rows are computed in chunks,
+    never the whole (N, N) matrix.
+    """
+    x, r = np.asarray(fake, np.float64), np.asarray(real, np.float64)
+    n = len(x)
+    w = np.asarray(counts, np.float64)  # (B, N)
+    quad = np.zeros(len(w))  # w^T K w per replicate
+    diag = np.empty(n)
+    b = np.empty(n)
+    total = 0.0
+    for i in range(0, n, chunk):
+        k = polynomial_kernel(x[i : i + chunk], x)  # (c, N)
+        quad += ((k @ w.T) * w[:, i : i + chunk].T).sum(0)
+        diag[i : i + chunk] = np.diagonal(k, offset=i)
+        total += k.sum()
+        b[i : i + chunk] = polynomial_kernel(x[i : i + chunk], r).mean(1)
+    a_gg = (total - diag.sum()) / (n * (n - 1))
+    a_gr = b.mean()
+    w2 = (w**2).sum(1)
+    a_gg_star = (quad - (w**2) @ diag) / (n**2 - w2)
+    return (a_gg_star - a_gg) - 2 * (w @ b / n - a_gr)

@@ -36,15 +36,47 @@ def yes_no(v) -> str:
 
 
 def claims_viewer(claims: pd.DataFrame, paper_label: str):
-    """``show_claims(figure)``: the rows of ``claims`` of one figure or table (or a list of them), styled."""
+    """``show_claims(figure)``: the rows of ``claims`` of one figure or table (or a list of them), styled; the
+    ``verdict`` counts the 95% intervals (agrees, disagrees, within noise), ``agrees`` the point values only."""
 
     def show_claims(figure) -> None:
         c = claims[claims.figure.isin([figure] if isinstance(figure, str) else figure)]
-        c = c.assign(agrees=c.agrees.map(yes_no)).rename(columns={"paper": paper_label,
-                                                                   "agrees": "agrees in direction"})
+        c = c.assign(agrees=c.agrees.map(yes_no))
+        if "verdict" in c.columns:
+            c = c.assign(verdict=c.verdict.fillna("not run"))
+        c = c.rename(columns={"paper": paper_label, "agrees": "agrees in direction",
+                              "verdict": "verdict (95% intervals)"})
         show(c.drop(columns=["dataset"]).reset_index(drop=True))
 
     return show_claims
+
+
+def with_interval(df: pd.DataFrame, fmt: str = "{:.4g}") -> pd.Series:
+    """``value`` as text with its 95% interval, "v [lo, hi]" (just "v" without one; NaN when there is no value)."""
+    lo = df["ci_low"] if "ci_low" in df.columns else pd.Series(np.nan, index=df.index)
+    hi = df["ci_high"] if "ci_high" in df.columns else pd.Series(np.nan, index=df.index)
+
+    def one(v, a, b):
+        if pd.isna(v):
+            return np.nan
+        return fmt.format(v) + (f" [{fmt.format(a)}, {fmt.format(b)}]" if pd.notna(a) and pd.notna(b) else "")
+
+    return pd.Series([one(*t) for t in zip(df["value"], lo, hi, strict=True)], index=df.index, dtype=object)
+
+
+def interval_band(ax, x, lo, hi, color, alpha: float = 0.15) -> None:
+    """Shade the 95% interval ``[lo, hi]`` along ``x`` (nothing where the interval is NaN)."""
+    lo, hi = np.asarray(lo, float), np.asarray(hi, float)
+    if np.isfinite(lo).any() and np.isfinite(hi).any():
+        ax.fill_between(np.asarray(x, float), lo, hi, color=color, alpha=alpha, lw=0)
+
+
+def interval_errors(value, lo, hi) -> np.ndarray:
+    """``(2, N)`` non-negative error-bar lengths of intervals around ``value`` for ``errorbar`` (0 where NaN; an
+    interval that excludes its value, as FID's basic one can, is drawn up to the value)."""
+    v = np.asarray(value, float)
+    lo, hi = (np.full_like(v, np.nan) if a is None else np.asarray(a, float) for a in (lo, hi))
+    return np.nan_to_num(np.stack([np.clip(v - lo, 0, None), np.clip(hi - v, 0, None)]), nan=0.0)
 
 
 def log2_axis(ax, values) -> None:

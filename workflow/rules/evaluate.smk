@@ -35,12 +35,14 @@ rule evaluate_images:
     params:
         cls=lambda w, input: f"--classifier {input.classifier}" if input.classifier else "",
         kid=lambda w: IMG["sample"]["kid_subset_size"],
+        boot=lambda w: IMG["sample"]["bootstrap_inception" if w.extractor == "inception-tf" else "bootstrap"],
     threads: THREADS
     conda:
         ENV
     shell:
         "{CLI} images evaluate --samples '{input.samples}' --reference {input.reference}"
-        " --extractor {wildcards.extractor} {params.cls} --kid-subset-size {params.kid} --threads {threads}"
+        " --extractor {wildcards.extractor} {params.cls} --kid-subset-size {params.kid} --bootstrap {params.boot}"
+        " --threads {threads}"
         " --features-out '{output.features}' --out '{output.metrics}' > '{log}' 2>&1"
 
 

@@ -157,7 +157,8 @@ def cmd_evaluate(a) -> None:
     from gmflow.experiments.images.stages import evaluate_images
 
     torch.set_num_threads(a.threads)
-    df = evaluate_images(a.samples, a.reference, a.extractor, a.classifier, a.features_out, a.kid_subset_size)
+    df = evaluate_images(a.samples, a.reference, a.extractor, a.classifier, a.features_out, a.kid_subset_size,
+                         a.bootstrap)
     io.save_csv(df, a.out)
 
 
@@ -301,6 +302,8 @@ def add_parsers(sub, fmt) -> None:
     s.add_argument("--extractor", choices=extractors, required=True)
     s.add_argument("--classifier", default=None)
     s.add_argument("--kid-subset-size", type=positive_int, default=1000)
+    s.add_argument("--bootstrap", type=nonneg_int, default=200,
+                   help="bootstrap replicates of the 95%% intervals (columns ci_low, ci_high); 0 = none")
     s.add_argument("--threads", type=positive_int, default=1)
     s.add_argument("--features-out", required=True, help="output .npz of the sample set's features")
     s.add_argument("--out", required=True, help="output long-format .csv")

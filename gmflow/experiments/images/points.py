@@ -13,10 +13,11 @@ from gmflow.experiments.images.sweeps import parse_snapshot_run
 IMAGE_COLUMNS = ["dataset", "run", "method", "K", "trans_ratio", "solver", "guidance", "guidance_scale", "orthogonal",
                  "spectral", "nfe", "nfe_budget", "substeps", "seed", "num_samples", "metric", "value",
                  "feature_extractor", "train_steps", "sample_set"]
+CI_COLUMNS = ["ci_low", "ci_high"]  # the 95% interval of ``value`` (NaN where none was computed)
 EXTRA_COLUMNS = ["num_seeds", "num_scales", "source", "label", "selection", "reference", "description",
                  "agrees_in_direction"]
-OUT_COLUMNS = IMAGE_COLUMNS + EXTRA_COLUMNS
-CLAIM_COLUMNS = ["dataset", "figure", "claim", "feature_extractor", "ours", "paper", "agrees"]
+OUT_COLUMNS = IMAGE_COLUMNS + CI_COLUMNS + EXTRA_COLUMNS
+CLAIM_COLUMNS = ["dataset", "figure", "claim", "feature_extractor", "ours", "paper", "agrees", "verdict"]
 TABLES = ("fig6_nfe", "fig7_k", "table2_guidance", "table3_nll", "table4_ablation", "fig8_pairs")
 
 # one sweep point (seed and sample set aside) and one best-over-guidance group
@@ -26,7 +27,9 @@ CURVE = ["dataset", "feature_extractor", "run", "solver", "guidance", "nfe"]
 
 SATURATION = "contrast_diff"
 NLL = "nll_bits_per_dim"
-POINT_METRICS = ("fid", "kid", "precision", "recall", SATURATION, "clipped_diff")
+CLASS_CONSISTENCY = "class_consistency"
+REAL_FLOOR = "class_consistency_real"  # the classifier's accuracy on the real reference images
+POINT_METRICS = ("fid", "kid", "precision", "recall", SATURATION, "clipped_diff", CLASS_CONSISTENCY, REAL_FLOOR)
 PAPER_SETTING = "paper (ImageNet 256, DiT-XL/2)"
 PAPER_POINT = {"dataset": "imagenet256", "run": "paper", "feature_extractor": "inception-tf", "num_samples": 50000}
 
@@ -43,8 +46,11 @@ def load_images(path: str | Path) -> pd.DataFrame:
     if missing:
         raise ValueError(f"{path}: columns {missing} are missing (columns seen: {list(df.columns)}); "
                          "it must be the long table written by `gmflow-bench report` (rule table_images)")
+    for c in CI_COLUMNS:  # tables written before the intervals existed have none
+        if c not in df.columns:
+            df[c] = np.nan
     for c in ("K", "trans_ratio", "guidance_scale", "orthogonal", "spectral", "nfe", "nfe_budget", "substeps", "seed",
-              "num_samples", "value", "train_steps"):
+              "num_samples", "value", "train_steps", *CI_COLUMNS):
         df[c] = pd.to_numeric(df[c], errors="coerce")
     return df
 
@@ -70,7 +76,7 @@ def _frame(rows: pd.DataFrame | list) -> pd.DataFrame:
     df = pd.DataFrame(rows) if isinstance(rows, list) else rows
     df = df.reindex(columns=OUT_COLUMNS)
     for c in ("K", "trans_ratio", "guidance_scale", "orthogonal", "spectral", "nfe", "nfe_budget", "substeps", "seed",
-              "num_samples", "value", "train_steps", "num_seeds", "num_scales"):
+              "num_samples", "value", "train_steps", "num_seeds", "num_scales", *CI_COLUMNS):
         df[c] = pd.to_numeric(df[c], errors="coerce")
     df["agrees_in_direction"] = df["agrees_in_direction"].astype(object)
     return df.reset_index(drop=True)
@@ -80,26 +86,42 @@ def _frame(rows: pd.DataFrame | list) -> pd.DataFrame:
 
 
 def points(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per sweep point and feature extractor, one column per metric (seeds averaged).
+    """One row per sweep point and feature extractor, one column per metric (seeds averaged), and per metric its
+    interval in columns ``<metric>_ci_low`` / ``<metric>_ci_high``.
 
     Extra columns: ``seed`` (the smallest), ``sample_set`` (that seed's), ``num_seeds`` and ``num_scales`` (guidance
-    scales in the point's best-over-guidance group).
+    scales in the point's best-over-guidance group). The interval of a mean over k seeds (independent sample sets)
+    is centred on the mean of the seeds' interval centres with half-width ``sqrt(sum h_s^2) / k`` of their
+    half-widths ``h_s`` (one seed: its own interval); NaN if any seed has none.
     """
     img = df[(df.metric != NLL) & df.solver.notna() & (df.feature_extractor != "none")]
     if img.empty:
-        return pd.DataFrame(columns=POINT + ["seed", "sample_set", "num_seeds", "num_scales", *POINT_METRICS])
-    per_seed = (img.groupby(POINT + ["seed", "sample_set", "metric"], dropna=False, sort=True)["value"].mean()
-                .unstack("metric").reset_index().sort_values("seed", kind="stable"))
-    metrics = [c for c in per_seed.columns if c not in POINT + ["seed", "sample_set"]]
+        return pd.DataFrame(columns=POINT + ["seed", "sample_set", "num_seeds", "num_scales", *POINT_METRICS,
+                                             *(f"{m}_{c}" for m in POINT_METRICS for c in CI_COLUMNS)])
+    if "ci_low" not in img.columns:
+        img = img.assign(ci_low=np.nan, ci_high=np.nan)
+    by_seed = img.groupby(POINT + ["seed", "sample_set", "metric"], dropna=False, sort=True)
+    value = by_seed["value"].mean().unstack("metric")
+    metrics = list(value.columns)
+    lo, hi = by_seed["ci_low"].mean().unstack("metric"), by_seed["ci_high"].mean().unstack("metric")
+    per_seed = pd.concat([value, ((lo + hi) / 2).add_suffix("__centre"), ((hi - lo) ** 2 / 4).add_suffix("__h2")],
+                         axis=1).reset_index().sort_values("seed", kind="stable")
     g = per_seed.groupby(POINT, dropna=False, sort=True)
     w = g[metrics].mean()
+    k = g.size()
+    for m in metrics:
+        complete = g[f"{m}__centre"].count() == k
+        centre = g[f"{m}__centre"].mean().where(complete)
+        half = np.sqrt(g[f"{m}__h2"].sum()) / k
+        w[f"{m}_ci_low"], w[f"{m}_ci_high"] = centre - half, centre + half
     w["seed"] = g["seed"].min()
     w["sample_set"] = g["sample_set"].first()
-    w["num_seeds"] = g.size()
+    w["num_seeds"] = k
     w = w.reset_index()
     for m in POINT_METRICS:
-        if m not in w.columns:
-            w[m] = np.nan
+        for col in (m, f"{m}_ci_low", f"{m}_ci_high"):
+            if col not in w.columns:
+                w[col] = np.nan
     w["num_scales"] = w.groupby(GROUP, dropna=False)["guidance_scale"].transform("nunique")
     w.columns.name = None
     return w
@@ -115,11 +137,14 @@ def full_config(w: pd.DataFrame, by: list[str]) -> pd.DataFrame:
 
 
 def to_long(rows: pd.DataFrame, metrics: list[str], selection: str) -> pd.DataFrame:
-    """Wide point rows -> long output rows of ``metrics`` (source "ours")."""
+    """Wide point rows -> long output rows of ``metrics`` (source "ours"), each with its interval (``ci_low``,
+    ``ci_high`` from the wide ``<metric>_ci_low`` / ``<metric>_ci_high``, NaN where absent)."""
     if rows.empty:
         return _frame([])
-    keep = [c for c in OUT_COLUMNS if c in rows.columns and c not in ("metric", "value")]
-    out = rows.melt(id_vars=keep, value_vars=metrics, var_name="metric", value_name="value")
+    keep = [c for c in OUT_COLUMNS if c in rows.columns and c not in ("metric", "value", *CI_COLUMNS)]
+    nan = pd.Series(np.nan, index=rows.index)
+    out = pd.concat([rows[keep].assign(metric=m, value=rows[m], ci_low=rows.get(f"{m}_ci_low", nan),
+                                       ci_high=rows.get(f"{m}_ci_high", nan)) for m in metrics], ignore_index=True)
     out["selection"] = selection
     out["source"] = "ours"
     return _frame(out)
@@ -138,7 +163,25 @@ def best_over_guidance(w: pd.DataFrame) -> pd.DataFrame:
                                                        kind="stable")
             .groupby(by, dropna=False, sort=False).head(1))
     return pd.concat([to_long(fid, ["fid"], "best_fid"),
-                      to_long(prec, ["precision", SATURATION, "clipped_diff"], "best_precision")], ignore_index=True)
+                      to_long(prec, ["precision", SATURATION, "clipped_diff", CLASS_CONSISTENCY], "best_precision")],
+                     ignore_index=True)
+
+
+def real_floor(w: pd.DataFrame, selection: str = "real_data") -> pd.DataFrame:
+    """The class consistency of the real reference images (the in-domain classifier's accuracy on them), one long
+    row per dataset and feature extractor with a floor (metric ``class_consistency``, label "real data"): what a
+    generator that matches the data would reach."""
+    if w.empty or REAL_FLOOR not in w.columns:
+        return _frame([])
+    r = w.dropna(subset=[REAL_FLOOR]).groupby(["dataset", "feature_extractor"], sort=True).head(1)
+    if r.empty:
+        return _frame([])
+    cols = ["dataset", "feature_extractor", "num_seeds"]
+    out = r[cols].assign(metric=CLASS_CONSISTENCY, value=r[REAL_FLOOR].to_numpy(),
+                         ci_low=r[f"{REAL_FLOOR}_ci_low"].to_numpy(), ci_high=r[f"{REAL_FLOOR}_ci_high"].to_numpy(),
+                         label="real data", selection=selection, source="ours", method="data",
+                         description="in-domain classifier's top-1 accuracy on the real reference images")
+    return _frame(out)
 
 
 # ------------------------------------------------------------------------------------------------- choosing runs

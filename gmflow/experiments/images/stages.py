@@ -20,7 +20,7 @@ from gmflow.harness.data_images import load_images, load_images_uint8, stratifie
 from gmflow.harness.datasets import dataset_info
 from gmflow.harness.metrics_images import (
     feature_set,
-    image_metrics,
+    image_metrics_with_intervals,
     load_feature_set,
     reference_statistics,
     save_feature_set,
@@ -136,10 +136,17 @@ def sample_images(run_dir, solver: str, nfe: int, num_samples: int, seed: int = 
 
 def real_images(dataset: str, split: str, num: int | None, data_root: str | None = None) -> torch.Tensor:
     """The first ``num`` images of a split in a fixed class-stratified order (all of them when ``num`` is None)."""
+    return real_images_and_labels(dataset, split, num, data_root)[0]
+
+
+def real_images_and_labels(dataset: str, split: str, num: int | None,
+                           data_root: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``real_images`` and their classes (N,)."""
     images, labels = load_images_uint8(dataset, split, data_root)
     if num is not None and num < len(images):
-        images = images[stratified_order(labels)[:num]]
-    return images
+        keep = stratified_order(labels)[:num]
+        images, labels = images[keep], labels[keep]
+    return images, labels
 
 
 def get_extractor(name: str, classifier: str | None):
@@ -150,9 +157,10 @@ def get_extractor(name: str, classifier: str | None):
 
 def reference_features(dataset: str, extractor: str, out: str | Path, num: int | None, classifier: str | None,
                        split: str = "test", data_root: str | None = None) -> dict:
-    """Features and FID statistics of the real reference set, computed once per dataset and extractor."""
-    images = real_images(dataset, split, num, data_root)
-    fs = reference_statistics(feature_set(images, get_extractor(extractor, classifier)))
+    """Features and FID statistics of the real reference set, computed once per dataset and extractor; with a
+    classifier also its predicted classes and the true labels (the real-data floor of the class consistency)."""
+    images, labels = real_images_and_labels(dataset, split, num, data_root)
+    fs = reference_statistics(feature_set(images, get_extractor(extractor, classifier), labels))
     save_feature_set(out, fs, extractor)
     return {"num_real": len(images), "split": split}
 
@@ -193,18 +201,23 @@ def reference_batch_features(batch: str | Path, extractor: str, out: str | Path,
 
 
 def evaluate_images(samples: str | Path, reference: str | Path, extractor: str, classifier: str | None,
-                    features_out: str | Path, kid_subset_size: int = 1000) -> pd.DataFrame:
-    """Stage 1 (features of the sample set, saved) and stage 2 (metrics): one long-format row per metric."""
+                    features_out: str | Path, kid_subset_size: int = 1000,
+                    num_resamples: int = 200) -> pd.DataFrame:
+    """Stage 1 (features of the sample set, saved, with the predicted classes and the conditioning labels for a
+    classifier) and stage 2 (metrics and their 95% intervals from ``num_resamples`` bootstrap replicates, 0 = none;
+    :func:`gmflow.harness.metrics_images.image_metrics_with_intervals`): one long-format row per metric."""
     data = io.load_npz(samples, ("images", "record"))  # labels: class-conditional sets only
     rec = json.loads(str(data["record"]))
     ref = load_feature_set(reference, extractor)
-    fs = feature_set(torch.from_numpy(data["images"]), get_extractor(extractor, classifier))
+    labels = data.get("labels")
+    fs = feature_set(torch.from_numpy(data["images"]), get_extractor(extractor, classifier), labels)
     save_feature_set(features_out, fs, extractor)
-    metrics = image_metrics(ref, fs, kid_subset_size=kid_subset_size)
+    metrics, intervals = image_metrics_with_intervals(ref, fs, kid_subset_size=kid_subset_size,
+                                                      num_resamples=num_resamples)
     rec["sample_set"] = Path(samples).stem  # results/images/{dataset}/{run}/samples/{sample_set}.npz
     if rec["method"] == "fm":
         rec["trans_ratio"] = None
-    return metric_rows(rec, metrics, COLUMNS_IMAGES, extractor)
+    return metric_rows(rec, metrics, COLUMNS_IMAGES, extractor, intervals)
 
 
 @torch.no_grad()

@@ -4,16 +4,21 @@ Reads ``{results}/tables/images.csv`` (one metric value a row, written by the re
 ``{results}/tables/published_gmflow.csv`` (the paper's numbers, ImageNet 256 with DiT-XL/2), and writes to
 ``{results}/tables/``:
 
-    fig6_nfe.csv         best FID and best precision over the guidance sweep vs NFE, per solver (paper Fig. 6)
+    fig6_nfe.csv         best FID and best precision over the guidance sweep vs NFE, per solver (paper Fig. 6), with
+                         the class consistency at best precision and its real-data floor (selection "real_data")
     fig7_k.csv           the same vs K for the GM solvers of the runs with lambda < 1 (paper Fig. 7)
     table2_guidance.csv  best precision and the saturation analogue at it, per solver and orthogonal projection, and
-                         every point of the guidance sweep at that NFE (selection "sweep") (paper Table 2)
+                         every point of the guidance sweep at that NFE (selection "sweep") (paper Table 2), with
+                         the class consistency and its real-data floor
     table3_nll.csv       NLL in bits/dim per GMFlow run (paper Table 3)
     table4_ablation.csv  ablations A0-A5, B0-B1 (paper Table 4)
     fig8_pairs.csv       the probabilistic-guidance and the CFG sample set of closest precision (paper Fig. 8)
-    claims.csv           one row per claim of the paper: our numbers, the paper's, and whether they agree in direction
+    claims.csv           one row per claim of the paper: our numbers, the paper's, whether they agree in direction
+                         (``agrees``, point values) and the ``verdict`` with the intervals (agrees, disagrees, within
+                         noise)
 
-Every table has the columns of images.csv and: ``source`` ("ours" or "paper": ImageNet 256, DiT-XL/2, rows of the
+Every table has the columns of images.csv (``ci_low`` / ``ci_high``: the value's 95% interval, NaN where none;
+docs/method.md, Sec. 8.1) and: ``source`` ("ours" or "paper": ImageNet 256, DiT-XL/2, rows of the
 published CSV, whose table key is in ``reference``), ``label`` (the row's name in the paper's table or figure),
 ``selection`` ("best_fid", "best_precision", "sweep", "nll" or "matched_precision"), ``num_seeds``, ``num_scales``
 (guidance scales in the point's group), ``description`` and ``agrees_in_direction`` (Table 4).
@@ -31,6 +36,10 @@ Conventions (one place for all of them):
 - Curves use each solver's full configuration: orthogonal projection, spectral sampling and sub-steps at the largest
   value present.
 - Every row names its feature extractor; tables hold every extractor, the claims use the in-domain classifier.
+- An interval is the selected sample set's own: the selection of the best point over guidance scales (and of the best
+  solver) is not part of it, so the best of many noisy points is optimistic.
+- Class consistency: the in-domain classifier's top-1 accuracy on the generated images against their conditioning
+  labels, at the point of best precision; its floor is the same accuracy on the real reference images.
 
 Missing points never fail: a table leaves them out (Table 4 keeps its rows with value NaN, description "not run"),
 and a claim that cannot be checked has ``agrees`` empty.
@@ -42,6 +51,7 @@ import numpy as np
 import pandas as pd
 
 from gmflow.experiments.images.points import (
+    CLASS_CONSISTENCY,
     CURVE,
     NLL,
     SATURATION,
@@ -54,6 +64,7 @@ from gmflow.experiments.images.points import (
     main_extractor,
     main_fm_run,
     main_gmflow_run,
+    real_floor,
     run_label,
     to_long,
 )
@@ -91,7 +102,7 @@ def fig6_nfe(w: pd.DataFrame, pub: pd.DataFrame) -> pd.DataFrame:
                  | ((wd.run == gm) & wd.solver.isin(GM_SOLVERS) & (wd.guidance == "probabilistic"))]
         sel = full_config(sel, CURVE).copy()
         sel["label"] = _labels(sel, lambda r: f"{run_label(r.method, r.K, r.trans_ratio)} / {r.solver}")
-        out.append(best_over_guidance(sel))
+        out += [best_over_guidance(sel), real_floor(wd)]
     paper = pub[pub.reference.isin(["abstract", "sec4.2"])].copy()
     paper["label"] = _labels(paper, lambda r: f"{run_label(r.method, r.K, r.trans_ratio)} / {r.solver}")
     paper["selection"] = "best_" + paper.metric
@@ -143,8 +154,9 @@ def _table2_label(r) -> str:
 def table2_guidance(w: pd.DataFrame, pub: pd.DataFrame) -> pd.DataFrame:
     """At NFE 32 (else the largest NFE of the guidance sweep): per solver and orthogonal projection, the best
     precision over the guidance scales with the saturation analogue at it (selection "best_precision"), and every point
-    of the sweep (selection "sweep": precision, contrast_diff, clipped_diff, fid). FM run with CFG, main GMFlow run's
-    GM solvers with probabilistic guidance, as in the paper."""
+    of the sweep (selection "sweep": precision, contrast_diff, clipped_diff, fid, class_consistency), and the
+    real-data floor of the class consistency (selection "real_data"). FM run with CFG, main GMFlow run's GM solvers
+    with probabilistic guidance, as in the paper."""
     out = []
     for _, wd in _per_dataset(w):
         cand = _table2_candidates(wd)
@@ -155,7 +167,8 @@ def table2_guidance(w: pd.DataFrame, pub: pd.DataFrame) -> pd.DataFrame:
         at["label"] = _labels(at, _table2_label)
         best = best_over_guidance(at)
         out += [best[best.selection == "best_precision"],
-                to_long(at, ["precision", SATURATION, "clipped_diff", "fid"], "sweep")]
+                to_long(at, ["precision", SATURATION, "clipped_diff", "fid", CLASS_CONSISTENCY], "sweep"),
+                real_floor(wd)]
     paper = pub[pub.reference == "table2"].copy()
     paper["label"] = _labels(paper, _table2_label)
     paper["selection"] = "best_precision"
@@ -227,7 +240,8 @@ def table4_ablation(w: pd.DataFrame, pub: pd.DataFrame) -> pd.DataFrame:
                                         "description": f"{desc}; not run {note}"}
                                        for m, sel in [("fid", "best_fid"), ("precision", "best_precision"),
                                                       (SATURATION, "best_precision"),
-                                                      ("clipped_diff", "best_precision")]]))
+                                                      ("clipped_diff", "best_precision"),
+                                                      (CLASS_CONSISTENCY, "best_precision")]]))
     paper = pub[pub.reference.fillna("").str.startswith("table4-")].copy()
     paper["label"] = paper.reference.str.removeprefix("table4-")
     paper["selection"] = np.where(paper.metric == "fid", "best_fid", "best_precision")
@@ -255,7 +269,7 @@ def fig8_pairs(w: pd.DataFrame) -> pd.DataFrame:
     """The pair of guided sample sets of closest precision (in-domain extractor), one per method: CFG on the FM run
     and probabilistic guidance on the main GMFlow run's GM solvers (the candidates of Table 2, full configuration), at
     the largest NFE of the guidance sweep; ties go to the higher precision. Labels "probabilistic" and "cfg";
-    metrics precision, contrast_diff, clipped_diff, fid."""
+    metrics precision, contrast_diff, clipped_diff, fid, class_consistency."""
     out = []
     for dataset, wd in _per_dataset(w):
         ext = main_extractor(wd, dataset)
@@ -273,8 +287,8 @@ def fig8_pairs(w: pd.DataFrame) -> pd.DataFrame:
             row = {c: best[c + sfx] for c in w.columns}
             row["label"] = label
             row["description"] = f"closest precision of the two methods at NFE {nfe}: gap {best.gap:.4f}"
-            out.append(to_long(pd.DataFrame([row]), ["precision", SATURATION, "clipped_diff", "fid"],
-                               "matched_precision"))
+            out.append(to_long(pd.DataFrame([row]), ["precision", SATURATION, "clipped_diff", "fid",
+                                                     CLASS_CONSISTENCY], "matched_precision"))
     return _frame(pd.concat(out, ignore_index=True)) if out else _frame([])
 
 
