@@ -3,6 +3,8 @@ import re
 import shlex
 import sys
 
+from snakemake.exceptions import WorkflowError
+
 sys.path.insert(0, workflow.basedir)
 
 from gmflow.experiments.config import validate_config
@@ -64,6 +66,14 @@ def opt(flag, value):
 
 
 TRAIN = train_launcher()
+
+
+def all_cores():
+    """Every core of a local run (--cores N); a cluster run has no --cores: there a job asks for its own whole node."""
+    try:
+        return workflow.cores
+    except WorkflowError:
+        return stage_threads("report")
 
 
 wildcard_constraints:

@@ -147,7 +147,7 @@ rule report_images:
 
 
 rule bench_images:
-    # timing benchmarks; they take every core so that no other job runs beside them
+    # timing benchmarks; they take every core so that no other job runs beside them (on SLURM: a node of their own)
     output:
         dit=f"{RES}/benchmarks/dit_step.csv",
         dit_spectral=f"{RES}/benchmarks/dit_step_spectral.csv",
@@ -158,9 +158,10 @@ rule bench_images:
         net=lambda w: IMG["train"]["network"],
         batch=lambda w: IMG["train"]["batch_size"],
         block=lambda w: IMG["sample"]["block_size"],
-    threads: workflow.cores
+    threads: all_cores()
     resources:
         **stage_resources("report"),
+        slurm_extra="--exclusive",
     conda:
         ENV
     shell:
