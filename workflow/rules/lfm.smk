@@ -9,7 +9,7 @@
 #   {RES}/2d/{dataset}/lfm/metrics/nll_seed{seed}.csv    exact NLL of held-out points and its gap to the data entropy
 #                                                     (dopri5 by default; repeated at 10x the tolerance as a check)
 #   {RES}/2d/{dataset}/lfm/metrics/nll-flow_{run}_seed{seed}.csv   the same for the 2D sweep's flow-matching runs
-# Needs common.smk (RES, CLI, PY, ENV, THREADS) and data.smk (reference_2d); included after them.
+# Needs common.smk (RES, CLI, ENV, opt, stage_threads, stage_resources) and data.smk; included after them.
 from gmflow.experiments.lfm.chain import SAMPLE_SOLVERS as LFM_SOLVERS
 from gmflow.experiments.lfm.config import POOL_STREAM, sample_settings
 
