@@ -37,6 +37,13 @@ def validate_config(config: dict, schema_path: str | Path) -> dict:
     """Validate ``config`` (defaults filled in place) and check cross-key rules; raise :class:`ConfigError`."""
     check_values(config)
     validate_schema(config, schema_path)
+    train = config["resources"]["train"]
+    if train["gpus"] not in (0, train["processes"]):
+        raise ConfigError(
+            f"config error at 'resources.train.gpus': {train['gpus']} GPUs for {train['processes']} training "
+            "process(es); a data-parallel job runs one process per GPU: set resources.train.processes to the GPU "
+            "count (or gpus to 0 for CPU processes)."
+        )
     if "toy" not in config and "images" not in config:
         raise ConfigError("config error at '<top level>': neither 'toy' nor 'images' is configured; nothing to run")
     if "toy" in config:

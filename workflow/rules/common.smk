@@ -1,6 +1,9 @@
 # Shared helpers: config validation (before any job), paths as pure functions of wildcards, target lists.
 import re
+import shlex
 import sys
+
+from snakemake.exceptions import WorkflowError
 
 sys.path.insert(0, workflow.basedir)
 
@@ -14,12 +17,65 @@ RES = config["results"]
 TOY = config.get("toy")
 IMG = config.get("images")
 THREADS = config["threads"]
+RESOURCES = config["resources"]
 ROOT = workflow.basedir
 # Every rule calls the project's CLI with the python on PATH (the set-up script puts .venv/bin first; a conda env
 # from environment.yml also works). PYTHONPATH makes the checkout importable without installation.
-PY = f"PYTHONPATH={ROOT}:${{PYTHONPATH:-}} python"
+PYPATH = f"PYTHONPATH={shlex.quote(ROOT)}:${{PYTHONPATH:-}}"
+PY = f"{PYPATH} python"
 CLI = f"{PY} -m gmflow.experiments.cli"
+# One environment for every rule: each calls the same CLI, which imports the whole package (torch included), so
+# per-stage files would pin the same packages and install torch once per stage. Same pins as pyproject.toml.
 ENV = f"{ROOT}/environment.yml"
+
+
+def stage_threads(stage):
+    """Threads of a job of `stage` (resources.<stage>.threads, or the top-level threads when that is null)."""
+    threads = RESOURCES[stage]["threads"]
+    return THREADS if threads is None else threads
+
+
+def stage_resources(stage, one_process=False):
+    """Snakemake resources of a job of `stage`: memory (MB), run time (minutes), GPUs, SLURM partition and account.
+
+    `gpu` is the name that Snakemake's local scheduler (--resources gpu=N) and the SLURM executor (--gpus) read. A
+    job that runs one process (every trainer but the 2D and image runs under torchrun) asks for one GPU at most.
+    """
+    spec = RESOURCES[stage]
+    gpus = min(spec["gpus"], 1) if one_process else spec["gpus"]
+    out = dict(mem_mb=spec["mem_mb"], runtime=spec["runtime"], gpu=gpus)
+    partition = spec["partition"] or RESOURCES["partition"]
+    if partition:
+        out["slurm_partition"] = partition
+    if RESOURCES["account"]:
+        out["slurm_account"] = RESOURCES["account"]
+    return out
+
+
+def train_launcher():
+    """The command that starts a 2D or image trainer: the CLI, or torchrun with resources.train.processes ranks."""
+    n = RESOURCES["train"]["processes"]
+    if n == 1:
+        return CLI
+    return f"{PYPATH} torchrun --standalone --nproc_per_node {n} -m gmflow.experiments.cli"
+
+
+def opt(flag, value):
+    """`flag value` with the value shell-quoted, or nothing when the value is None or empty."""
+    return f"{flag} {shlex.quote(str(value))}" if value not in (None, "") else ""
+
+
+TRAIN = train_launcher()
+# Device and precision of every 2D and image trainer and sampler (top-level config keys device, precision)
+DEVICE = f"--device {shlex.quote(config['device'])} --precision {shlex.quote(config['precision'])}"
+
+
+def all_cores():
+    """Every core of a local run (--cores N); a cluster run has no --cores: there a job asks for its own whole node."""
+    try:
+        return workflow.cores
+    except WorkflowError:
+        return stage_threads("report")
 
 
 wildcard_constraints:

@@ -8,13 +8,14 @@ rule reference_2d:
         f"{RES}/logs/reference_2d/{{dataset}}_seed{{seed}}.log",
     params:
         n=lambda w: TOY["reference_samples"],
+    threads: stage_threads("data")
+    resources:
+        **stage_resources("data"),
     conda:
         ENV
-    resources:
-        mem_mb=1000,
     shell:
-        "{CLI} 2d prepare-data --dataset {wildcards.dataset} --num-samples {params.n} --seed {wildcards.seed}"
-        " --out {output} > {log} 2>&1"
+        "{CLI} 2d prepare-data --dataset {wildcards.dataset:q} --num-samples {params.n:q} --seed {wildcards.seed}"
+        " --out {output:q} > {log:q} 2>&1"
 
 
 rule exact_2d:
@@ -26,11 +27,14 @@ rule exact_2d:
     params:
         n=lambda w: TOY["sample"]["num_samples"],
         stream=lambda w: int(w.seed) + 5000,
+    threads: stage_threads("data")
+    resources:
+        **stage_resources("data"),
     conda:
         ENV
     shell:
-        "{CLI} 2d prepare-data --dataset {wildcards.dataset} --num-samples {params.n} --seed {params.stream}"
-        " --out {output} > {log} 2>&1"
+        "{CLI} 2d prepare-data --dataset {wildcards.dataset:q} --num-samples {params.n:q} --seed {params.stream:q}"
+        " --out {output:q} > {log:q} 2>&1"
 
 
 rule classifier_images:
@@ -43,14 +47,16 @@ rule classifier_images:
         f"{RES}/benchmarks/classifier/{{dataset}}.tsv"
     params:
         c=lambda w: IMG["classifier"],
-        root=lambda w: f"--data-root '{IMG['data_root']}'" if IMG["data_root"] else "",
-    threads: THREADS
+        root=lambda w: opt("--data-root", IMG["data_root"]),
+    threads: stage_threads("train")
+    resources:
+        **stage_resources("train", one_process=True),
     conda:
         ENV
     shell:
-        "{CLI} images train-classifier --dataset {wildcards.dataset} --epochs {params.c[epochs]}"
-        " --batch-size {params.c[batch_size]} --lr {params.c[lr]} {params.root} --threads {threads}"
-        " --out {output} > {log} 2>&1"
+        "{CLI} images train-classifier --dataset {wildcards.dataset:q} --epochs {params.c[epochs]:q}"
+        " --batch-size {params.c[batch_size]:q} --lr {params.c[lr]:q} {params.root} --threads {threads}"
+        " --out {output:q} > {log:q} 2>&1"
 
 
 def _classifier_input(w):
@@ -70,15 +76,17 @@ rule reference_features_images:
     params:
         r=lambda w: IMG["reference"],
         n=lambda w: IMG["reference"]["inception_images"] if w.extractor == "inception-tf" else IMG["reference"]["num_images"],
-        cls=lambda w, input: f"--classifier {input[0]}" if len(input) else "",
-        root=lambda w: f"--data-root '{IMG['data_root']}'" if IMG["data_root"] else "",
-    threads: THREADS
+        cls=lambda w, input: opt("--classifier", input[0] if len(input) else None),
+        root=lambda w: opt("--data-root", IMG["data_root"]),
+    threads: stage_threads("evaluate")
+    resources:
+        **stage_resources("evaluate"),
     conda:
         ENV
     shell:
-        "{CLI} images reference-features --dataset {wildcards.dataset} --extractor {wildcards.extractor} {params.cls}"
-        " --split {params.r[split]} --num-images {params.n} {params.root} --threads {threads} --out {output}"
-        " > {log} 2>&1"
+        "{CLI} images reference-features --dataset {wildcards.dataset:q}"
+        " --extractor {wildcards.extractor:q} {params.cls} --split {params.r[split]:q}"
+        " --num-images {params.n:q} {params.root} --threads {threads} --out {output:q} > {log:q} 2>&1"
 
 
 # Latent datasets (imagenet256): the latent cache, encoded once from an ImageFolder (resumable: shards that exist are
@@ -97,11 +105,11 @@ if IMG and is_latent(IMG["dataset"]):
             vae=shlex.quote(str(IMG["vae"])),
             out=shlex.quote(latent_cache_dir()),
             o=IMG["latents"],
-        threads: THREADS
+        threads: stage_threads("data")
+        resources:
+            **stage_resources("data", one_process=True),
         conda:
             ENV
-        resources:
-            mem_mb=8000,
         shell:
             "{CLI} images encode-latents --image-root {params.image_root} --vae {params.vae} --out {params.out}"
             " --resolution {params.o[resolution]} --batch-size {params.o[batch_size]} --shard-size {params.o[shard_size]}"
@@ -118,6 +126,9 @@ if IMG and is_latent(IMG["dataset"]):
             image_root=shlex.quote(str(IMG["image_root"])),
             res=IMG["latents"]["resolution"],
             n=IMG["reference"]["inception_images"],
+        threads: stage_threads("data")
+        resources:
+            **stage_resources("data"),
         conda:
             ENV
         shell:
@@ -137,7 +148,9 @@ if IMG and is_latent(IMG["dataset"]):
             f"{RES}/logs/reference_features/{{dataset}}_{{extractor}}.log",
         params:
             n=IMG["reference"]["inception_images"],
-        threads: THREADS
+        threads: stage_threads("evaluate")
+        resources:
+            **stage_resources("evaluate"),
         conda:
             ENV
         shell:

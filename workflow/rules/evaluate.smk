@@ -12,11 +12,14 @@ rule evaluate_reference_2d:
         f"{RES}/logs/evaluate_2d/{{dataset}}_reference_seed{{seed}}.log",
     params:
         knn=lambda w: TOY["sample"]["knn_points"],
+    threads: stage_threads("evaluate")
+    resources:
+        **stage_resources("evaluate"),
     conda:
         ENV
     shell:
-        "{CLI} 2d evaluate --samples {input.samples} --reference {input.reference} --dataset {wildcards.dataset}"
-        " --seed {wildcards.seed} --knn-points {params.knn} --out {output} > {log} 2>&1"
+        "{CLI} 2d evaluate --samples {input.samples:q} --reference {input.reference:q} --dataset {wildcards.dataset:q}"
+        " --seed {wildcards.seed} --knn-points {params.knn:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule evaluate_images:
@@ -33,17 +36,19 @@ rule evaluate_images:
     benchmark:
         f"{RES}/benchmarks/evaluate_images/{{dataset}}_{{run}}_{{tag}}_{{extractor}}.tsv"
     params:
-        cls=lambda w, input: f"--classifier {input.classifier}" if input.classifier else "",
+        cls=lambda w, input: opt("--classifier", input.classifier[0] if input.classifier else None),
         kid=lambda w: IMG["sample"]["kid_subset_size"],
         boot=lambda w: IMG["sample"]["bootstrap_inception" if w.extractor == "inception-tf" else "bootstrap"],
-    threads: THREADS
+    threads: stage_threads("evaluate")
+    resources:
+        **stage_resources("evaluate"),
     conda:
         ENV
     shell:
-        "{CLI} images evaluate --samples '{input.samples}' --reference {input.reference}"
-        " --extractor {wildcards.extractor} {params.cls} --kid-subset-size {params.kid} --bootstrap {params.boot}"
-        " --threads {threads}"
-        " --features-out '{output.features}' --out '{output.metrics}' > '{log}' 2>&1"
+        "{CLI} images evaluate --samples {input.samples:q} --reference {input.reference:q}"
+        " --extractor {wildcards.extractor:q} {params.cls} --kid-subset-size {params.kid:q}"
+        " --bootstrap {params.boot:q} --threads {threads}"
+        " --features-out {output.features:q} --out {output.metrics:q} > {log:q} 2>&1"
 
 
 rule nll_images:
@@ -58,10 +63,12 @@ rule nll_images:
         n=lambda w: IMG["nll"],
         run_dir=lambda w: f"{RES}/images/{w.dataset}/{w.run}",
         root=data_root_arg,
-    threads: THREADS
+    threads: stage_threads("evaluate")
+    resources:
+        **stage_resources("evaluate"),
     conda:
         ENV
     shell:
-        "{CLI} images nll --run-dir {params.run_dir} --num-images {params.n[num_images]}"
-        " --times-per-image {params.n[times_per_image]} --seed {wildcards.seed} {params.root} --threads {threads}"
-        " --out {output} > {log} 2>&1"
+        "{CLI} images nll --run-dir {params.run_dir:q} --num-images {params.n[num_images]:q}"
+        " --times-per-image {params.n[times_per_image]:q} --seed {wildcards.seed} {params.root} --threads {threads}"
+        " --out {output:q} > {log:q} 2>&1"

@@ -9,7 +9,7 @@
 #   {RES}/2d/{dataset}/lfm/metrics/nll_seed{seed}.csv    exact NLL of held-out points and its gap to the data entropy
 #                                                     (dopri5 by default; repeated at 10x the tolerance as a check)
 #   {RES}/2d/{dataset}/lfm/metrics/nll-flow_{run}_seed{seed}.csv   the same for the 2D sweep's flow-matching runs
-# Needs common.smk (RES, CLI, PY, ENV, THREADS) and data.smk (reference_2d); included after them.
+# Needs common.smk (RES, CLI, ENV, opt, stage_threads, stage_resources) and data.smk; included after them.
 from gmflow.experiments.lfm.chain import SAMPLE_SOLVERS as LFM_SOLVERS
 from gmflow.experiments.lfm.config import POOL_STREAM, sample_settings
 
@@ -33,10 +33,10 @@ def lfm_chain_weights(w):
 
 def lfm_solver_options(w):
     if w.lfm_solver in ("euler", "heun"):
-        return f"--nfe-per-block {w.setting.removeprefix('nfe')}"
+        return opt("--nfe-per-block", w.setting.removeprefix("nfe"))
     if w.lfm_solver == "dopri5":
         tol = w.setting.removeprefix("tol")
-        return f"--rtol {tol} --atol {tol}"
+        return f"{opt('--rtol', tol)} {opt('--atol', tol)}"
     return ""
 
 
@@ -84,13 +84,14 @@ rule lfm_pool:
     params:
         n=lambda w: LFM["pool_size"],
         stream=lambda w: POOL_STREAM + LFM["train"]["seed"],
+    threads: stage_threads("data")
+    resources:
+        **stage_resources("data"),
     conda:
         ENV
-    resources:
-        mem_mb=1000,
     shell:
-        "{CLI} 2d prepare-data --dataset {wildcards.dataset} --num-samples {params.n} --seed {params.stream}"
-        " --out {output} > {log} 2>&1"
+        "{CLI} 2d prepare-data --dataset {wildcards.dataset:q} --num-samples {params.n:q} --seed {params.stream:q}"
+        " --out {output:q} > {log:q} 2>&1"
 
 
 rule lfm_train_block:
@@ -111,21 +112,21 @@ rule lfm_train_block:
     params:
         L=lambda w: LFM,
         t=lambda w: LFM["train"],
-        init=lambda w, input: f"--init-from {input.init[0]}" if input.init else "",
+        init=lambda w, input: opt("--init-from", input.init[0] if input.init else None),
         out=lambda w: f"{RES}/2d/{w.dataset}/lfm/block_{w.n}",
-    threads: THREADS
+    threads: stage_threads("train")
+    resources:
+        **stage_resources("train", one_process=True),
     conda:
         ENV
-    resources:
-        mem_mb=2000,
     shell:
-        "{CLI} lfm train-block --dataset {wildcards.dataset} --block {wildcards.n} --num-blocks {params.L[num_blocks]}"
-        " --step-c {params.L[step_c]} --step-rho {params.L[step_rho]} --interpolant {params.L[interpolant]}"
-        " --pool {input.pool} {params.init} --width {params.t[width]} --depth {params.t[depth]}"
-        " --steps {params.t[steps_per_block]} --batch-size {params.t[batch_size]} --lr {params.t[lr]}"
-        " --warmup-steps {params.t[warmup_steps]} --ema-gamma {params.t[ema_gamma]}"
-        " --checkpoint-every {params.t[checkpoint_every]} --seed {params.t[seed]} --threads {threads} --quiet"
-        " --out {params.out} > {log} 2>&1"
+        "{CLI} lfm train-block --dataset {wildcards.dataset:q} --block {wildcards.n}"
+        " --num-blocks {params.L[num_blocks]:q} --step-c {params.L[step_c]:q} --step-rho {params.L[step_rho]:q}"
+        " --interpolant {params.L[interpolant]:q} --pool {input.pool:q} {params.init} --width {params.t[width]:q}"
+        " --depth {params.t[depth]:q} --steps {params.t[steps_per_block]:q} --batch-size {params.t[batch_size]:q}"
+        " --lr {params.t[lr]:q} --warmup-steps {params.t[warmup_steps]:q} --ema-gamma {params.t[ema_gamma]:q}"
+        " --checkpoint-every {params.t[checkpoint_every]:q} --seed {params.t[seed]:q} --threads {threads} --quiet"
+        " --out {params.out:q} > {log:q} 2>&1"
 
 
 rule lfm_push:
@@ -145,15 +146,15 @@ rule lfm_push:
     params:
         p=lambda w: LFM["push"],
         block=lambda w: f"{RES}/2d/{w.dataset}/lfm/block_{w.n}",
-    threads: THREADS
+    threads: stage_threads("sample")
+    resources:
+        **stage_resources("sample"),
     conda:
         ENV
-    resources:
-        mem_mb=2000,
     shell:
-        "{CLI} lfm push --block-dir {params.block} --pool {input.pool} --solver dopri5 --rtol {params.p[rtol]}"
-        " --atol {params.p[atol]} --batch-size {params.p[batch_size]} --threads {threads} --quiet"
-        " --out {output.pool} > {log} 2>&1"
+        "{CLI} lfm push --block-dir {params.block:q} --pool {input.pool:q} --solver dopri5 --rtol {params.p[rtol]:q}"
+        " --atol {params.p[atol]:q} --batch-size {params.p[batch_size]:q} --threads {threads} --quiet"
+        " --out {output.pool:q} > {log:q} 2>&1"
 
 
 rule lfm_distill:
@@ -176,16 +177,16 @@ rule lfm_distill:
         seed=lambda w: LFM["train"]["seed"],
         block=lambda w: f"{RES}/2d/{w.dataset}/lfm/block_{w.n}",
         out=lambda w: f"{RES}/2d/{w.dataset}/lfm/student_{w.n}",
-    threads: THREADS
+    threads: stage_threads("train")
+    resources:
+        **stage_resources("train", one_process=True),
     conda:
         ENV
-    resources:
-        mem_mb=2000,
     shell:
-        "{CLI} lfm distill --blocks {params.block} --pool-in {input.pool_in} --pool-out {input.pool_out}"
-        " --steps {params.d[steps]} --batch-size {params.d[batch_size]} --lr {params.d[lr]}"
-        " --warmup-steps {params.d[warmup_steps]} --seed {params.seed} --threads {threads} --quiet"
-        " --out {params.out} > {log} 2>&1"
+        "{CLI} lfm distill --blocks {params.block:q} --pool-in {input.pool_in:q} --pool-out {input.pool_out:q}"
+        " --steps {params.d[steps]:q} --batch-size {params.d[batch_size]:q} --lr {params.d[lr]:q}"
+        " --warmup-steps {params.d[warmup_steps]:q} --seed {params.seed:q} --threads {threads} --quiet"
+        " --out {params.out:q} > {log:q} 2>&1"
 
 
 rule lfm_sample:
@@ -205,18 +206,18 @@ rule lfm_sample:
         f"{RES}/benchmarks/lfm/sample_{{dataset}}_{{lfm_solver}}_{{setting}}_seed{{seed}}.tsv"
     params:
         s=lambda w: LFM["sample"],
-        chain=lambda w: " ".join(lfm_chain(w.dataset, w.lfm_solver)),
+        chain=lambda w: lfm_chain(w.dataset, w.lfm_solver),
         opts=lfm_solver_options,
-    threads: THREADS
+    threads: stage_threads("sample")
+    resources:
+        **stage_resources("sample"),
     conda:
         ENV
-    resources:
-        mem_mb=3000,
     shell:
-        "{CLI} lfm sample --blocks {params.chain} --solver {wildcards.lfm_solver} {params.opts}"
-        " --num-samples {params.s[num_samples]} --block-size {params.s[block_size]} --seed {wildcards.seed}"
-        " --reference {input.reference} --knn-points {params.s[knn_points]} --threads {threads} --quiet"
-        " --metrics-out {output.metrics} --out {output.samples} > {log} 2>&1"
+        "{CLI} lfm sample --blocks {params.chain:q} --solver {wildcards.lfm_solver:q} {params.opts}"
+        " --num-samples {params.s[num_samples]:q} --block-size {params.s[block_size]:q} --seed {wildcards.seed}"
+        " --reference {input.reference:q} --knn-points {params.s[knn_points]:q} --threads {threads} --quiet"
+        " --metrics-out {output.metrics:q} --out {output.samples:q} > {log:q} 2>&1"
 
 
 rule lfm_nll:
@@ -231,16 +232,16 @@ rule lfm_nll:
         f"{RES}/benchmarks/lfm/nll_{{dataset}}_seed{{seed}}.tsv"
     params:
         n=lambda w: LFM["nll"],
-        chain=lambda w: " ".join(lfm_chain(w.dataset, "block")),
-    threads: THREADS
+        chain=lambda w: lfm_chain(w.dataset, "block"),
+    threads: stage_threads("evaluate")
+    resources:
+        **stage_resources("evaluate"),
     conda:
         ENV
-    resources:
-        mem_mb=2000,
     shell:
-        "{CLI} lfm nll --blocks {params.chain} --reference {input.reference} --num-points {params.n[num_points]}"
-        " --method {params.n[method]} --num-steps {params.n[num_steps]} --tol {params.n[tol]} --seed {wildcards.seed}"
-        " --threads {threads} --out {output} > {log} 2>&1"
+        "{CLI} lfm nll --blocks {params.chain:q} --reference {input.reference:q} --num-points {params.n[num_points]:q}"
+        " --method {params.n[method]:q} --num-steps {params.n[num_steps]:q} --tol {params.n[tol]:q}"
+        " --seed {wildcards.seed} --threads {threads} --out {output:q} > {log:q} 2>&1"
 
 
 rule lfm_nll_flow:
@@ -259,15 +260,15 @@ rule lfm_nll_flow:
         n=lambda w: LFM["nll"],
         steps=lambda w: LFM["nll"]["num_steps"] * LFM["num_blocks"],
         run_dir=lambda w: f"{RES}/2d/{w.dataset}/{w.run}",
-    threads: THREADS
+    threads: stage_threads("evaluate")
+    resources:
+        **stage_resources("evaluate"),
     conda:
         ENV
-    resources:
-        mem_mb=2000,
     shell:
-        "{CLI} lfm nll --flow-run {params.run_dir} --reference {input.reference} --num-points {params.n[num_points]}"
-        " --method {params.n[method]} --num-steps {params.steps} --tol {params.n[tol]} --seed {wildcards.seed}"
-        " --threads {threads} --out {output} > {log} 2>&1"
+        "{CLI} lfm nll --flow-run {params.run_dir:q} --reference {input.reference:q}"
+        " --num-points {params.n[num_points]:q} --method {params.n[method]:q} --num-steps {params.steps:q}"
+        " --tol {params.n[tol]:q} --seed {wildcards.seed} --threads {threads} --out {output:q} > {log:q} 2>&1"
 
 
 rule lfm_table:
@@ -277,10 +278,13 @@ rule lfm_table:
         f"{RES}/tables/lfm_2d.csv",
     log:
         f"{RES}/logs/lfm/table.log",
+    threads: stage_threads("report")
+    resources:
+        **stage_resources("report"),
     conda:
         ENV
     shell:
-        "{CLI} report --inputs {input:q} --out {output} > {log} 2>&1"
+        "{CLI} report --inputs {input:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule lfm_published:
@@ -289,8 +293,15 @@ rule lfm_published:
         f"{ROOT}/data/published/lfm_2024.csv",
     output:
         f"{RES}/tables/published_lfm.csv",
+    log:
+        f"{RES}/logs/lfm/published.log",
+    threads: stage_threads("report")
+    resources:
+        **stage_resources("report"),
+    conda:
+        ENV
     shell:
-        "cp {input} {output}"
+        "cp {input:q} {output:q} > {log:q} 2>&1"
 
 
 rule lfm_report:
@@ -308,8 +319,11 @@ rule lfm_report:
         f"{RES}/logs/lfm/report.log",
     params:
         results=RES,
+    threads: stage_threads("report")
+    resources:
+        **stage_resources("report"),
     conda:
         ENV
     shell:
-        "{PY} {ROOT}/workflow/scripts/render_notebook.py --notebook {input.notebook}"
-        " --out {output.notebook} --html {output.html} -p results {params.results} > {log} 2>&1"
+        "{PY} {ROOT}/workflow/scripts/render_notebook.py --notebook {input.notebook:q}"
+        " --out {output.notebook:q} --html {output.html:q} -p results {params.results:q} > {log:q} 2>&1"

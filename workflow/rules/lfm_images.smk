@@ -36,8 +36,8 @@ def lfmi_push_settings(w):
 
 def lfmi_push_opts(p):
     if p["solver"] == "dopri5":
-        return f"--solver dopri5 --rtol {p['rtol']} --atol {p['rtol']}"
-    return f"--solver {p['solver']} --nfe {p['nfe']}"
+        return f"--solver dopri5 {opt('--rtol', p['rtol'])} {opt('--atol', p['rtol'])}"
+    return f"{opt('--solver', p['solver'])} {opt('--nfe', p['nfe'])}"
 
 
 def lfmi_set(w):
@@ -63,12 +63,12 @@ def lfmi_sample_opts(w):
     s = lfmi_set(w)
     if s["solver"] == "distilled":
         groups = distill_groups(LFMI["num_blocks"], s["num_students"])
-        students = " ".join(f"{lfmi_dir(w)}/{student_folder(a, b)}" for a, b in groups)
-        return f"--blocks {students} --teacher-blocks {' '.join(lfmi_blocks(w))} --solver distilled"
-    opts = f"--blocks {' '.join(lfmi_blocks(w))} --solver {s['solver']}"
+        students = [f"{lfmi_dir(w)}/{student_folder(a, b)}" for a, b in groups]
+        return shlex.join(["--blocks", *students, "--teacher-blocks", *lfmi_blocks(w), "--solver", "distilled"])
+    opts = shlex.join(["--blocks", *lfmi_blocks(w), "--solver", s["solver"]])
     if s["solver"] == "dopri5":
-        return f"{opts} --rtol {s['tol']} --atol {s['tol']}"
-    return f"{opts} --nfe-per-block {s['nfe_per_block']}"
+        return f"{opts} {opt('--rtol', s['tol'])} {opt('--atol', s['tol'])}"
+    return f"{opts} {opt('--nfe-per-block', s['nfe_per_block'])}"
 
 
 def lfmi_metric_files():
@@ -115,14 +115,16 @@ rule lfmi_pool:
     log:
         f"{RES}/logs/lfm_images/pool_{{dataset}}_{{chain}}.log",
     params:
-        n=lambda w: f"--num-images {LFMI['pool_size']}" if LFMI["pool_size"] else "",
-        root=lambda w: f"--data-root {IMG['data_root']}" if IMG["data_root"] else "",
+        num_images=lambda w: opt("--num-images", LFMI["pool_size"]),
+        root=lambda w: opt("--data-root", IMG["data_root"]),
+    threads: stage_threads("data")
+    resources:
+        **stage_resources("data"),
     conda:
         ENV
-    resources:
-        mem_mb=2000,
     shell:
-        "{CLI} lfm image-pool --dataset {wildcards.dataset} {params.n} {params.root} --out {output} > {log} 2>&1"
+        "{CLI} lfm image-pool --dataset {wildcards.dataset:q} {params.num_images} {params.root} --out {output:q}"
+        " > {log:q} 2>&1"
 
 
 rule lfmi_train_block:
@@ -143,21 +145,21 @@ rule lfmi_train_block:
         L=lambda w: LFMI,
         t=lambda w: IMG["train"],
         steps=lambda w: chain_total_steps(w.chain, IMG) // LFMI["num_blocks"],
-        init=lambda w, input: f"--init-from {input.init[0]}" if input.init else "",
+        init=lambda w, input: opt("--init-from", input.init[0] if input.init else None),
         out=lambda w: f"{lfmi_dir(w)}/block_{w.n}",
-    threads: THREADS
+    threads: stage_threads("train")
+    resources:
+        **stage_resources("train", one_process=True),
     conda:
         ENV
-    resources:
-        mem_mb=3000,
     shell:
-        "{CLI} lfm train-block --dataset {wildcards.dataset} --network {params.t[network]} --block {wildcards.n}"
-        " --num-blocks {params.L[num_blocks]} --step-c {params.L[step_c]} --step-rho {params.L[step_rho]}"
-        " --interpolant {params.L[interpolant]} --pool {input.pool} {params.init} --steps {params.steps}"
-        " --batch-size {params.t[batch_size]} --lr {params.t[lr]} --warmup-steps {params.t[warmup_steps]}"
-        " --ema-gamma {params.t[ema_gamma]} --grad-clip {params.t[grad_clip]} --label-dropout {params.t[label_dropout]}"
-        " --checkpoint-every {params.t[checkpoint_every]} --seed {params.t[seed]} --threads {threads} --quiet"
-        " --out {params.out} > {log} 2>&1"
+        "{CLI} lfm train-block --dataset {wildcards.dataset:q} --network {params.t[network]:q} --block {wildcards.n}"
+        " --num-blocks {params.L[num_blocks]:q} --step-c {params.L[step_c]:q} --step-rho {params.L[step_rho]:q}"
+        " --interpolant {params.L[interpolant]:q} --pool {input.pool:q} {params.init} --steps {params.steps:q}"
+        " --batch-size {params.t[batch_size]:q} --lr {params.t[lr]:q} --warmup-steps {params.t[warmup_steps]:q}"
+        " --ema-gamma {params.t[ema_gamma]:q} --grad-clip {params.t[grad_clip]:q}"
+        " --label-dropout {params.t[label_dropout]:q} --checkpoint-every {params.t[checkpoint_every]:q}"
+        " --seed {params.t[seed]:q} --threads {threads} --quiet --out {params.out:q} > {log:q} 2>&1"
 
 
 rule lfmi_push:
@@ -178,14 +180,14 @@ rule lfmi_push:
         p=lambda w: lfmi_push_settings(w),
         opts=lambda w: lfmi_push_opts(lfmi_push_settings(w)),
         block=lambda w: f"{lfmi_dir(w)}/block_{w.n}",
-    threads: THREADS
+    threads: stage_threads("sample")
+    resources:
+        **stage_resources("sample"),
     conda:
         ENV
-    resources:
-        mem_mb=3000,
     shell:
-        "{CLI} lfm push --block-dir {params.block} --pool {input.pool} {params.opts}"
-        " --batch-size {params.p[batch_size]} --threads {threads} --quiet --out {output.pool} > {log} 2>&1"
+        "{CLI} lfm push --block-dir {params.block:q} --pool {input.pool:q} {params.opts}"
+        " --batch-size {params.p[batch_size]:q} --threads {threads} --quiet --out {output.pool:q} > {log:q} 2>&1"
 
 
 rule lfmi_distill:
@@ -207,18 +209,18 @@ rule lfmi_distill:
     params:
         d=lambda w: LFMI["distill"],
         seed=lambda w: IMG["train"]["seed"],
-        blocks=lambda w: " ".join(f"{lfmi_dir(w)}/block_{n}" for n in range(lfmi_group(w)[0], lfmi_group(w)[1] + 1)),
+        blocks=lambda w: [f"{lfmi_dir(w)}/block_{n}" for n in range(lfmi_group(w)[0], lfmi_group(w)[1] + 1)],
         out=lambda w: f"{lfmi_dir(w)}/student_{w.first}{w.last}",
-    threads: THREADS
+    threads: stage_threads("train")
+    resources:
+        **stage_resources("train", one_process=True),
     conda:
         ENV
-    resources:
-        mem_mb=3000,
     shell:
-        "{CLI} lfm distill --blocks {params.blocks} --pool-in {input.pool_in} --pool-out {input.pool_out}"
-        " --steps {params.d[steps]} --batch-size {params.d[batch_size]} --lr {params.d[lr]}"
-        " --warmup-steps {params.d[warmup_steps]} --seed {params.seed} --threads {threads} --quiet"
-        " --out {params.out} > {log} 2>&1"
+        "{CLI} lfm distill --blocks {params.blocks:q} --pool-in {input.pool_in:q} --pool-out {input.pool_out:q}"
+        " --steps {params.d[steps]:q} --batch-size {params.d[batch_size]:q} --lr {params.d[lr]:q}"
+        " --warmup-steps {params.d[warmup_steps]:q} --seed {params.seed:q} --threads {threads} --quiet"
+        " --out {params.out:q} > {log:q} 2>&1"
 
 
 rule lfmi_sample:
@@ -235,15 +237,15 @@ rule lfmi_sample:
         s=lambda w: IMG["sample"],
         opts=lfmi_sample_opts,
         seed=lambda w: lfmi_set(w)["seed"],
-    threads: THREADS
+    threads: stage_threads("sample")
+    resources:
+        **stage_resources("sample"),
     conda:
         ENV
-    resources:
-        mem_mb=3000,
     shell:
-        "{CLI} lfm sample {params.opts} --run {wildcards.chain} --num-samples {params.s[num_samples]}"
-        " --block-size {params.s[block_size]} --seed {params.seed} --threads {threads} --quiet"
-        " --out '{output}' > '{log}' 2>&1"
+        "{CLI} lfm sample {params.opts} --run {wildcards.chain:q} --num-samples {params.s[num_samples]:q}"
+        " --block-size {params.s[block_size]:q} --seed {params.seed:q} --threads {threads} --quiet"
+        " --out {output:q} > {log:q} 2>&1"
 
 
 rule lfmi_table:
@@ -253,10 +255,13 @@ rule lfmi_table:
         f"{RES}/tables/lfm_images.csv",
     log:
         f"{RES}/logs/lfm_images/table.log",
+    threads: stage_threads("report")
+    resources:
+        **stage_resources("report"),
     conda:
         ENV
     shell:
-        "{CLI} report --inputs {input:q} --out {output} > {log} 2>&1"
+        "{CLI} report --inputs {input:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule lfmi_report:
@@ -272,9 +277,12 @@ rule lfmi_report:
         f"{RES}/logs/lfm_images/report.log",
     params:
         results=RES,
+    threads: stage_threads("report")
+    resources:
+        **stage_resources("report"),
     conda:
         ENV
     shell:
-        "{PY} {ROOT}/workflow/scripts/render_notebook.py --notebook {input.notebook}"
-        " --out {output.notebook} --html {output.html} -p results {params.results}"
-        " > {log} 2>&1"
+        "{PY} {ROOT}/workflow/scripts/render_notebook.py --notebook {input.notebook:q}"
+        " --out {output.notebook:q} --html {output.html:q} -p results {params.results:q}"
+        " > {log:q} 2>&1"

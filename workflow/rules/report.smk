@@ -8,10 +8,13 @@ rule table_2d:
         f"{RES}/tables/2d.csv",
     log:
         f"{RES}/logs/report/table_2d.log",
+    threads: stage_threads("report")
+    resources:
+        **stage_resources("report"),
     conda:
         ENV
     shell:
-        "{CLI} report --inputs {input:q} --out {output} > {log} 2>&1"
+        "{CLI} report --inputs {input:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule targets_2d:
@@ -23,11 +26,14 @@ rule targets_2d:
         f"{RES}/logs/report/targets_2d.log",
     params:
         benchmarks=f"{RES}/benchmarks",
+    threads: stage_threads("report")
+    resources:
+        **stage_resources("report"),
     conda:
         ENV
     shell:
-        "{PY} {ROOT}/workflow/scripts/targets_2d.py --table {input.table}"
-        " --benchmarks {params.benchmarks} --out {output} > {log} 2>&1"
+        "{PY} {ROOT}/workflow/scripts/targets_2d.py --table {input.table:q}"
+        " --benchmarks {params.benchmarks:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule report_2d:
@@ -43,12 +49,14 @@ rule report_2d:
     params:
         results=RES,
         nfe=",".join(str(n) for n in config["report"]["histogram_nfe"]),
+    threads: stage_threads("report")
+    resources:
+        **stage_resources("report"),
     conda:
         ENV
     shell:
-        "{PY} {ROOT}/workflow/scripts/render_notebook.py --notebook {input.notebook}"
-        " --out {output.notebook} --html {output.html} -p results {params.results} -p histogram_nfe {params.nfe}"
-        " > {log} 2>&1"
+        "{PY} {ROOT}/workflow/scripts/render_notebook.py --notebook {input.notebook:q} --out {output.notebook:q}"
+        " --html {output.html:q} -p results {params.results:q} -p histogram_nfe {params.nfe:q} > {log:q} 2>&1"
 
 
 rule table_images:
@@ -58,10 +66,13 @@ rule table_images:
         f"{RES}/tables/images.csv",
     log:
         f"{RES}/logs/report/table_images.log",
+    threads: stage_threads("report")
+    resources:
+        **stage_resources("report"),
     conda:
         ENV
     shell:
-        "{CLI} report --inputs {input:q} --out {output} > {log} 2>&1"
+        "{CLI} report --inputs {input:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule published_numbers:
@@ -70,8 +81,15 @@ rule published_numbers:
         f"{ROOT}/data/published/gmflow_icml2025.csv",
     output:
         f"{RES}/tables/published_gmflow.csv",
+    log:
+        f"{RES}/logs/report/published_numbers.log",
+    threads: stage_threads("report")
+    resources:
+        **stage_resources("report"),
+    conda:
+        ENV
     shell:
-        "cp {input} {output}"
+        "cp {input:q} {output:q} > {log:q} 2>&1"
 
 
 rule paper_tables:
@@ -92,10 +110,13 @@ rule paper_tables:
         f"{RES}/logs/report/paper_tables.log",
     params:
         results=RES,
+    threads: stage_threads("report")
+    resources:
+        **stage_resources("report"),
     conda:
         ENV
     shell:
-        "{PY} {input.script} --results {params.results} > {log} 2>&1"
+        "{PY} {input.script:q} --results {params.results:q} > {log:q} 2>&1"
 
 
 rule report_images:
@@ -115,15 +136,18 @@ rule report_images:
     params:
         results=RES,
         samples=lambda w: f"{RES}/images/{IMG['dataset']}",
+    threads: stage_threads("report")
+    resources:
+        **stage_resources("report"),
     conda:
         ENV
     shell:
-        "{PY} {ROOT}/workflow/scripts/render_notebook.py --notebook {input.notebook}"
-        " --out {output.notebook} --html {output.html} -p results {params.results} > {log} 2>&1"
+        "{PY} {ROOT}/workflow/scripts/render_notebook.py --notebook {input.notebook:q}"
+        " --out {output.notebook:q} --html {output.html:q} -p results {params.results:q} > {log:q} 2>&1"
 
 
 rule bench_images:
-    # timing benchmarks; they take every core so that no other job runs beside them
+    # timing benchmarks; they take every core so that no other job runs beside them (on SLURM: a node of their own)
     output:
         dit=f"{RES}/benchmarks/dit_step.csv",
         dit_spectral=f"{RES}/benchmarks/dit_step_spectral.csv",
@@ -134,16 +158,19 @@ rule bench_images:
         net=lambda w: IMG["train"]["network"],
         batch=lambda w: IMG["train"]["batch_size"],
         block=lambda w: IMG["sample"]["block_size"],
-    threads: workflow.cores
+    threads: all_cores()
+    resources:
+        **stage_resources("report"),
+        slurm_extra="--exclusive",
     conda:
         ENV
     shell:
-        "({PY} {ROOT}/workflow/scripts/bench_dit.py --variant {params.net} --batch {params.batch} --threads 1"
-        " --out {output.dit}"
-        " && {PY} {ROOT}/workflow/scripts/bench_dit.py --variant {params.net} --batch {params.batch} --threads 1"
-        " --spectral --out {output.dit_spectral}"
-        " && {PY} {ROOT}/workflow/scripts/bench_gm_overhead.py --variant {params.net} --batch {params.block}"
-        " --nfe 6 --threads 1 --out {output.overhead}) > {log} 2>&1"
+        "({PY} {ROOT}/workflow/scripts/bench_dit.py --variant {params.net:q} --batch {params.batch:q} --threads 1"
+        " --out {output.dit:q}"
+        " && {PY} {ROOT}/workflow/scripts/bench_dit.py --variant {params.net:q} --batch {params.batch:q} --threads 1"
+        " --spectral --out {output.dit_spectral:q}"
+        " && {PY} {ROOT}/workflow/scripts/bench_gm_overhead.py --variant {params.net:q} --batch {params.block:q}"
+        " --nfe 6 --threads 1 --out {output.overhead:q}) > {log:q} 2>&1"
 
 
 rule targets_images:
@@ -158,12 +185,15 @@ rule targets_images:
         f"{RES}/logs/report/targets_images.log",
     params:
         benchmarks=f"{RES}/benchmarks",
+    threads: stage_threads("report")
+    resources:
+        **stage_resources("report"),
     conda:
         ENV
     shell:
-        "{PY} {ROOT}/workflow/scripts/targets_images.py --table {input.table}"
-        " --dit-bench {input.dit} {input.dit_spectral} --overhead-bench {input.overhead}"
-        " --benchmarks {params.benchmarks} --out {output} > {log} 2>&1"
+        "{PY} {ROOT}/workflow/scripts/targets_images.py --table {input.table:q}"
+        " --dit-bench {input.dit:q} {input.dit_spectral:q} --overhead-bench {input.overhead:q}"
+        " --benchmarks {params.benchmarks:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule table5_cifar10:
@@ -178,6 +208,9 @@ rule table5_cifar10:
         f"{RES}/logs/report/table5_cifar10.log",
     params:
         results=RES,
+    threads: stage_threads("report")
+    resources:
+        **stage_resources("report"),
     conda:
         ENV
     shell:
@@ -195,6 +228,9 @@ rule report_table5_cifar10:
         f"{RES}/logs/report/table5_cifar10_notebook.log",
     params:
         results=RES,
+    threads: stage_threads("report")
+    resources:
+        **stage_resources("report"),
     conda:
         ENV
     shell:

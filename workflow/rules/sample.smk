@@ -18,16 +18,17 @@ rule sample_2d:
     params:
         s=lambda w: TOY["sample"],
         run_dir=lambda w: f"{RES}/2d/{w.dataset}/{w.run}",
-    threads: THREADS
+    threads: stage_threads("sample")
+    resources:
+        **stage_resources("sample"),
     conda:
         ENV
-    resources:
-        mem_mb=3000,
     shell:
-        "{CLI} 2d sample --run-dir {params.run_dir} --solver '{wildcards.solver}' --nfe {wildcards.nfe}"
-        " --num-samples {params.s[num_samples]} --block-size {params.s[block_size]} --substeps {params.s[substeps]}"
-        " --seed {wildcards.seed} --threads {threads} --reference {input.reference} --knn-points {params.s[knn_points]}"
-        " --metrics-out '{output.metrics}' --out '{output.samples}' > '{log}' 2>&1"
+        "{CLI} 2d sample --run-dir {params.run_dir:q} --solver {wildcards.solver:q} --nfe {wildcards.nfe}"
+        " --num-samples {params.s[num_samples]:q} --block-size {params.s[block_size]:q}"
+        " --substeps {params.s[substeps]:q} --seed {wildcards.seed} --threads {threads} {DEVICE} --reference {input.reference:q}"
+        " --knn-points {params.s[knn_points]:q} --metrics-out {output.metrics:q} --out {output.samples:q}"
+        " > {log:q} 2>&1"
 
 
 rule sample_images:
@@ -49,14 +50,14 @@ rule sample_images:
         spectral=lambda w: "--spectral" if parse_tag(w.tag)["spectral"] else "",
         run_dir=lambda w: f"{RES}/images/{w.dataset}/{w.run}",
         vae=vae_args,  # latent datasets: decoded into images here, so every sample set on disk is images
-    threads: THREADS
+    threads: stage_threads("sample")
+    resources:
+        **stage_resources("sample"),
     conda:
         ENV
-    resources:
-        mem_mb=3000,
     shell:
-        "{CLI} images sample --run-dir {params.run_dir} --solver '{params.p[solver]}' --nfe {params.p[nfe]}"
-        " --guidance {params.p[guidance]} --guidance-scale {params.p[scale]} --orthogonal {params.p[orthogonal]}"
-        " --substeps {params.p[substeps]} {params.spectral} --num-samples {params.s[num_samples]}"
-        " --block-size {params.s[block_size]} --seed {params.p[seed]} {params.vae} --threads {threads} --quiet"
-        " --out '{output}' > '{log}' 2>&1"
+        "{CLI} images sample --run-dir {params.run_dir:q} --solver {params.p[solver]:q} --nfe {params.p[nfe]:q}"
+        " --guidance {params.p[guidance]:q} --guidance-scale {params.p[scale]:q} --orthogonal {params.p[orthogonal]:q}"
+        " --substeps {params.p[substeps]:q} {params.spectral} --num-samples {params.s[num_samples]:q}"
+        " --block-size {params.s[block_size]:q} --seed {params.p[seed]:q} {params.vae} --threads {threads} {DEVICE} --quiet"
+        " --out {output:q} > {log:q} 2>&1"

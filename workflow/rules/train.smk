@@ -15,19 +15,19 @@ rule train_2d:
         trans_ratio=lambda w: run_option(w.run, "trans_ratio"),
         t=lambda w: TOY["train"],
         out=lambda w: f"{RES}/2d/{w.dataset}/{w.run}",
-    threads: THREADS
+    threads: stage_threads("train")
+    resources:
+        **stage_resources("train"),
     conda:
         ENV
-    resources:
-        mem_mb=2000,
     shell:
-        "{CLI} 2d train --dataset {wildcards.dataset} --method {params.method} --num-components {params.K}"
-        " --trans-ratio {params.trans_ratio} --network {params.t[network]} --width {params.t[width]}"
-        " --depth {params.t[depth]} --steps {params.t[steps]} --batch-size {params.t[batch_size]}"
-        " --lr {params.t[lr]} --warmup-steps {params.t[warmup_steps]} --ema-gamma {params.t[ema_gamma]}"
-        " --weight-scale {params.t[weight_scale]} --time-sampler {params.t[time_sampler]}"
-        " --checkpoint-every {params.t[checkpoint_every]} --seed {params.t[seed]} --threads {threads}"
-        " --out {params.out} > {log} 2>&1"
+        "{TRAIN} 2d train --dataset {wildcards.dataset:q} --method {params.method:q} --num-components {params.K:q}"
+        " --trans-ratio {params.trans_ratio:q} --network {params.t[network]:q} --width {params.t[width]:q}"
+        " --depth {params.t[depth]:q} --steps {params.t[steps]:q} --batch-size {params.t[batch_size]:q}"
+        " --lr {params.t[lr]:q} --warmup-steps {params.t[warmup_steps]:q} --ema-gamma {params.t[ema_gamma]:q}"
+        " --weight-scale {params.t[weight_scale]:q} --time-sampler {params.t[time_sampler]:q}"
+        " --checkpoint-every {params.t[checkpoint_every]:q} --seed {params.t[seed]:q} --threads {threads} {DEVICE}"
+        " --out {params.out:q} > {log:q} 2>&1"
 
 
 rule train_images:
@@ -49,31 +49,33 @@ rule train_images:
         trans_ratio=lambda w: image_run_option(w.run, "trans_ratio"),
         t=lambda w: IMG["train"],
         dit=lambda w: " ".join(
-            f"--{flag} {IMG['train'][key]}"
+            opt(f"--{flag}", IMG["train"][key])
             for key, flag in [("patch_size", "patch-size"), ("depth", "dit-depth"), ("width", "dit-width"),
                               ("num_heads", "num-heads")]
             if IMG["train"][key] is not None
         ),
         spectral=lambda w: "--spectral" if IMG["train"]["spectral"] and IMG["runs"][w.run]["method"] == "gmflow" else "",
         root=data_root_arg,
-        snapshots=lambda w: " ".join(["--snapshot-steps", *map(str, IMG["train"]["snapshot_steps"])])
+        ckpt=lambda w: "--grad-checkpointing" if IMG["train"]["grad_checkpointing"] else "",
+        snapshots=lambda w: shlex.join(["--snapshot-steps", *map(str, IMG["train"]["snapshot_steps"])])
         if IMG["train"]["snapshot_steps"] else "",
         out=lambda w: f"{RES}/images/{w.dataset}/{w.run}",
-    threads: THREADS
+    threads: stage_threads("train")
+    resources:
+        **stage_resources("train"),
     conda:
         ENV
-    resources:
-        mem_mb=4000,
     shell:
-        "{CLI} images train --dataset {wildcards.dataset} --method {params.method} --num-components {params.K}"
-        " --trans-ratio {params.trans_ratio} --network {params.t[network]} {params.dit} --steps {params.t[steps]}"
-        " --batch-size {params.t[batch_size]} --lr {params.t[lr]} --weight-decay {params.t[weight_decay]}"
-        " --warmup-steps {params.t[warmup_steps]} --grad-clip {params.t[grad_clip]} --ema {params.t[ema]}"
-        " --ema-gamma {params.t[ema_gamma]} --ema-kimg {params.t[ema_kimg]} --ema-rampup {params.t[ema_rampup]}"
-        " --weight-scale {params.t[weight_scale]} --time-sampler {params.t[time_sampler]}"
-        " --label-dropout {params.t[label_dropout]} {params.spectral} {params.root}"
-        " --checkpoint-every {params.t[checkpoint_every]} {params.snapshots} --seed {params.t[seed]} --threads {threads}"
-        " --out {params.out} > {log} 2>&1"
+        "{TRAIN} images train --dataset {wildcards.dataset:q} --method {params.method:q} --num-components {params.K:q}"
+        " --trans-ratio {params.trans_ratio:q} --network {params.t[network]:q} {params.dit} --steps {params.t[steps]:q}"
+        " --batch-size {params.t[batch_size]:q} --lr {params.t[lr]:q} --weight-decay {params.t[weight_decay]:q}"
+        " --warmup-steps {params.t[warmup_steps]:q} --grad-clip {params.t[grad_clip]:q} --ema {params.t[ema]:q}"
+        " --ema-gamma {params.t[ema_gamma]:q} --ema-kimg {params.t[ema_kimg]:q} --ema-rampup {params.t[ema_rampup]:q}"
+        " --weight-scale {params.t[weight_scale]:q} --time-sampler {params.t[time_sampler]:q}"
+        " --label-dropout {params.t[label_dropout]:q} {params.spectral} {params.root}"
+        " --checkpoint-every {params.t[checkpoint_every]:q} {params.snapshots} --seed {params.t[seed]:q}"
+        " --micro-batch-size {params.t[micro_batch_size]:q} {params.ckpt} --threads {threads} {DEVICE}"
+        " --out {params.out:q} > {log:q} 2>&1"
 
 
 rule snapshot_images:
@@ -92,7 +94,11 @@ rule snapshot_images:
     params:
         run_dir=lambda w: f"{RES}/images/{w.dataset}/{w.run}",
         out=lambda w: f"{RES}/images/{w.dataset}/{w.run}-at{w.step}",
+    threads: stage_threads("data")
+    resources:
+        **stage_resources("data"),
     conda:
         ENV
     shell:
-        "{CLI} images snapshot-run --run-dir {params.run_dir} --step {wildcards.step} --out {params.out} > {log} 2>&1"
+        "{CLI} images snapshot-run --run-dir {params.run_dir:q} --step {wildcards.step} --out {params.out:q}"
+        " > {log:q} 2>&1"
