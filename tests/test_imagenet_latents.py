@@ -120,8 +120,10 @@ def test_imagenet_configs_validate_and_require_paths():
     with pytest.raises(ConfigError, match="'image_root' is a required property when dataset = 'imagenet256'"):
         validate_config(json.loads(json.dumps(paper)))
     paper["images"].update(image_root="/data/train", vae="/models/vae")
-    images = validate_config(paper)["images"]
-    assert images["train"]["precision"] == "bf16" and images["train"]["batch_size"] == 4096
+    checked = validate_config(paper)
+    images = checked["images"]
+    assert checked["precision"] == "bf16" and images["train"]["batch_size"] == 4096
+    assert images["train"]["batch_size"] % images["train"]["micro_batch_size"] == 0
     assert images["sample"]["num_samples"] == 50000 and images["runs"]["gm-k8"]["K"] == 8
     smoke["images"]["sweeps"]["nfe"]["extractors"] = ["classifier"]
     with pytest.raises(ConfigError, match="no in-domain classifier"):

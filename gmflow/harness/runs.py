@@ -38,7 +38,7 @@ def _build_dit(spec: dict) -> tuple[nn.Module, nn.Module | None]:
     from gmflow.harness.dit import build_dit
 
     overrides = {**(spec.get("architecture") or {}), **{k: spec[k] for k in DIT_OVERRIDES if spec.get(k) is not None}}
-    if spec["dataset"] in registry.LATENT_DATASETS:  # the class count is the cache's (e.g. a few classes in tests)
+    if spec.get("dataset") in registry.LATENT_DATASETS:  # the class count is the cache's (e.g. a few classes in tests)
         overrides["num_classes"] = spec["num_classes"]
     net = build_dit(spec["network"], _head(spec["method"]), max(spec["num_components"], 1), **overrides)
     c, h, w = spec["sample_shape"]
@@ -124,7 +124,7 @@ def read_spec(run_dir: str | Path, what: str = "train the run first") -> dict:
         spec = json.loads(p.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{p} is not valid JSON ({e}); {what}") from None
-    keys = ("network", "method", "num_components", "dataset", "sample_shape")
+    keys = ("network", "method")  # every run record (LFM blocks too) names its network and method
     missing = [k for k in keys if k not in spec] if isinstance(spec, dict) else list(keys)
     if missing:
         raise ValueError(f"{p} is not a run record of this project (missing {missing}); {what}")
