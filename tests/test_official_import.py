@@ -478,3 +478,20 @@ def test_cli_imports_and_refuses_in_one_line(snapshot, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["import-official", "--help"]) == 0
     assert "huggingface-cli download Lakonik/gmflow_imagenet_k8_ema" in capsys.readouterr().out
+
+
+def test_official_config_validates_and_refuses_a_wrong_model():
+    """config/imagenet256-official.yaml samples an imported run, which must be GMFlow K = 8 on imagenet256."""
+    import yaml
+    from project import SCHEMA
+
+    from gmflow.experiments.config import validate_config
+    from gmflow.harness.schema import ConfigError
+
+    config = yaml.safe_load(open(Path(__file__).resolve().parents[1] / "config/imagenet256-official.yaml"))
+    config["images"].update(image_root="/data/train", vae="/models/vae")
+    checked = validate_config(json.loads(json.dumps(config)), SCHEMA)
+    assert checked["images"]["runs"]["official"]["official"] and checked["precision"] == "bf16"
+    config["images"]["runs"]["official"]["K"] = 4
+    with pytest.raises(ConfigError, match="GMFlow K = 8 model of imagenet256"):
+        validate_config(config, SCHEMA)

@@ -66,6 +66,16 @@ def opt(flag, value):
 
 
 TRAIN = train_launcher()
+
+
+def official_runs():
+    """Image runs imported from the authors' published snapshot (images.runs.{run}.official) instead of trained."""
+    return [r for r, spec in (IMG or {}).get("runs", {}).items() if "official" in spec]
+
+
+def trained_runs():
+    return [r for r in (IMG or {}).get("runs", {}) if r not in official_runs()]
+
 # Device and precision of every 2D and image trainer and sampler (top-level config keys device, precision)
 DEVICE = f"--device {shlex.quote(config['device'])} --precision {shlex.quote(config['precision'])}"
 

@@ -38,7 +38,7 @@ rule train_images:
         weights=f"{RES}/images/{{dataset}}/{{run}}/ema.safetensors",
         spec=f"{RES}/images/{{dataset}}/{{run}}/run.json",
     wildcard_constraints:
-        run="|".join(IMG["runs"]) if IMG else "^$",
+        run="|".join(trained_runs()) or "^$",
     log:
         f"{RES}/logs/train_images/{{dataset}}_{{run}}.log",
     benchmark:
@@ -76,6 +76,28 @@ rule train_images:
         " --checkpoint-every {params.t[checkpoint_every]:q} {params.snapshots} --seed {params.t[seed]:q}"
         " --micro-batch-size {params.t[micro_batch_size]:q} {params.ckpt} --threads {threads} {DEVICE}"
         " --out {params.out:q} > {log:q} 2>&1"
+
+
+rule import_official_images:
+    # a run that is the authors' published GM-DiT, converted from a local snapshot (images.runs.{run}.official)
+    output:
+        weights=f"{RES}/images/{{dataset}}/{{run}}/ema.safetensors",
+        spec=f"{RES}/images/{{dataset}}/{{run}}/run.json",
+    wildcard_constraints:
+        run="|".join(official_runs()) or "^$",
+    log:
+        f"{RES}/logs/train_images/{{dataset}}_{{run}}.log",
+    params:
+        snapshot=lambda w: IMG["runs"][w.run]["official"],
+        variant=lambda w: opt("--variant", IMG["runs"][w.run].get("official_variant")),
+        out=lambda w: f"{RES}/images/{w.dataset}/{w.run}",
+    threads: stage_threads("data")
+    resources:
+        **stage_resources("data"),
+    conda:
+        ENV
+    shell:
+        "{CLI} import-official --snapshot {params.snapshot:q} {params.variant} --out {params.out:q} > {log:q} 2>&1"
 
 
 rule snapshot_images:

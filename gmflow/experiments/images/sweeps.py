@@ -99,6 +99,10 @@ def check_images_config(images: dict) -> list[str]:
                       f"and has no standard place; set images.data_root to its folder (docs/{images['dataset']}.md), "
                       f"e.g. --config images='{{data_root: /data/cifar10}}'")
     for run, spec in runs.items():
+        if "official" in spec and (spec["method"], spec.get("K"), images["dataset"]) != ("gmflow", 8, "imagenet256"):
+            errors.append(f"config error at 'images.runs.{run}.official': the published snapshot is a GMFlow K = 8 "
+                          f"model of imagenet256 (seen: method {spec['method']!r}, K {spec.get('K')!r}, dataset "
+                          f"{images['dataset']!r}); set method: gmflow, K: 8")
         if spec["method"] == "gmflow" and "K" not in spec:
             errors.append(f"config error at 'images.runs.{run}': a gmflow run needs K (number of components)")
         if spec["method"] == "fm" and "K" in spec:
