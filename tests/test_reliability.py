@@ -332,6 +332,7 @@ CONFIG_CASES = {
     "blank-data-root": (("images", "data_root"), " ", "empty path"),
     "duplicate-seeds": (("images", "sample", "seeds"), [0, 0], "repeated items"),
     "duplicate-nfe": (("toy", "sample", "nfe"), [1, 4, 4], "repeated items"),
+    "data-root-for-digits": (("images", "data_root"), "/data/digits", "take no data root"),
     "network-for-other-data": (("images", "train", "network"), "dit-fmnist-tiny", r"takes \(1, 28, 28\) inputs"),
 }
 
@@ -367,3 +368,11 @@ def test_yaml_syntax_error_names_the_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "YAML syntax error at line 3" in err and "bad.yaml" in err
     assert main(["check-config", "config/ci.yaml"]) == 0
+
+
+def test_a_data_root_for_digits_is_refused_not_ignored(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["images", "train", "--dataset", "digits", "--network", "dit-digits-tiny", "--method", "fm",
+                 "--steps", "1", "--batch-size", "4", "--data-root", str(tmp_path), "--quiet", "--out", str(out)]) == 2
+    assert "take no data root" in capsys.readouterr().err
+    assert not (out / "ema.safetensors").exists()

@@ -114,7 +114,8 @@ def load_fashion_mnist(split: str = "train", root: str | Path | None = None) -> 
 DIGITS_TEST_FRACTION = 0.2
 
 
-def load_digits(split: str = "train", test_fraction: float = DIGITS_TEST_FRACTION) -> tuple[Tensor, Tensor]:
+def load_digits(split: str = "train", test_fraction: float = DIGITS_TEST_FRACTION,
+                root: str | Path | None = None) -> tuple[Tensor, Tensor]:
     """scikit-learn's digits (1797 images, 8x8, gray levels 0..16): uint8 ``(N, 1, 8, 8)`` and int64 labels in 0..9.
 
     Gray levels map to uint8 by ``round(v * 255 / 16)``. The split is fixed and uses no random numbers: the test set is
@@ -123,6 +124,9 @@ def load_digits(split: str = "train", test_fraction: float = DIGITS_TEST_FRACTIO
     """
     from sklearn.datasets import load_digits as _sklearn_digits
 
+    if root is not None:
+        raise ValueError(f"digits ship inside scikit-learn and take no data root (got {str(root)!r}); leave "
+                         "--data-root / images.data_root unset")
     if split not in ("train", "test", "all"):
         raise ValueError(f"unknown digits split {split!r}; choose 'train', 'test' or 'all'")
     if not 0 < test_fraction < 1:
@@ -306,7 +310,7 @@ class ImageDataset:
 
 IMAGE_DATASETS = {
     "fashion-mnist": ImageDataset("fashion-mnist", lambda split, root=None: load_fashion_mnist(split, root), 1, 28, 10),
-    "digits": ImageDataset("digits", lambda split, root=None: load_digits(split), 1, 8, 10),
+    "digits": ImageDataset("digits", lambda split, root=None: load_digits(split, root=root), 1, 8, 10),
     # unconditional as in the paper's Table 5; random flips as in DDPM's CIFAR-10 training
     "cifar10": ImageDataset("cifar10", load_cifar10, 3, 32, 10, conditional=False, hflip=True),
 }

@@ -111,6 +111,9 @@ def check_images_config(images: dict) -> list[str]:
     from gmflow.harness.datasets import dataset_info
     from gmflow.harness.dit import DIT_VARIANTS
 
+    if images["dataset"] == "digits" and images.get("data_root"):
+        errors.append(f"config error at 'images.data_root': digits ship inside scikit-learn and take no data root "
+                      f"(value seen: {images['data_root']!r}); remove the key")
     network, info = images["train"].get("network"), dataset_info(images["dataset"])
     if network is not None and network not in info.networks:
         errors.append(f"config error at 'images.train.network': {network!r} does not take {images['dataset']} "
