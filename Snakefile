@@ -26,3 +26,4 @@ rule all:
         final_targets(),
         lfm_final_targets(),
         lfm_images_final_targets(),
+        f"{RES}/index.html",

@@ -31,5 +31,13 @@ if [ ! -f "$FMNIST/train-images-idx3-ubyte.gz" ] && [ -z "${GMFLOW_SKIP_APT:-}" 
         || echo "setup: could not install dataset-fashion-mnist; the image experiment needs it (apt-get install" \
                 "dataset-fashion-mnist) or images.data_root pointing at the four IDX files" >&2
 fi
+# Chromium (Debian's package) for the headless-browser check of the rendered reports, where this machine allows it.
+if ! command -v chromium >/dev/null 2>&1 && [ -z "${GMFLOW_SKIP_APT:-}" ] && command -v apt-get >/dev/null 2>&1; then
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo -n"
+    echo "setup: installing Debian package chromium (browser check of the reports)" >&2
+    ($SUDO apt-get install -y -q chromium >/dev/null 2>&1 \
+        || ($SUDO apt-get update -q >/dev/null 2>&1 && $SUDO apt-get install -y -q chromium >/dev/null 2>&1)) \
+        || echo "setup: could not install chromium; the browser test of the reports will be skipped" >&2
+fi
 export PATH="$VENV/bin:$PATH"
 export VIRTUAL_ENV="$VENV"

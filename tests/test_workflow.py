@@ -169,3 +169,22 @@ def test_lfm_image_outputs(ci_results):
     assert rec["train_seconds"] == pytest.approx(rec["block_train_seconds"] + rec["push_seconds"], abs=0.02)
     html = (ci_results / "reports/lfm_images.html").read_text()
     assert "SECOND-HAND" in html and "<img" in html and "<table" in html and "Traceback" not in html
+
+
+@pytest.mark.workflow
+def test_index_and_reports_open_in_a_real_browser(ci_results):
+    """results/index.html and every rendered report load in headless chromium: every image decodes, no page shows a
+    Python error, and the index links every report and shows the claims and a sample grid per image run."""
+    from browser import chromium, open_page
+
+    index = ci_results / "index.html"
+    text = index.read_text()
+    reports = sorted((ci_results / "reports").glob("*.html"))
+    assert reports and all(f"reports/{r.name}" in text for r in reports)
+    assert "within noise" in text or "agrees" in text
+    if chromium() is None:
+        pytest.skip("no chromium on this machine (the set-up installs Debian's chromium where apt-get is allowed)")
+    for page in [index, *reports]:
+        seen = open_page(page)
+        assert seen["loaded"] and seen["images"] >= 1 and seen["bad_images"] == 0, (page.name, seen)
+        assert not seen["error_shown"], page.name

@@ -26,6 +26,13 @@ def cmd_report(a) -> None:
     io.save_csv(concat_tables(a.inputs), a.out)
 
 
+def cmd_index(a) -> None:
+    from gmflow.experiments.index_page import write_index
+
+    shown = write_index(a.results, a.out, a.nfe)
+    print(f"{a.out}: {shown['claims']} claims, {len(shown['reports'])} reports, {len(shown['grids'])} sample grids")
+
+
 def cmd_check_config(a) -> None:
     """Parse and validate configuration files as the workflow will (a YAML error names its line)."""
     from pathlib import Path
@@ -73,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_2d(sub, fmt)
     add_images(sub, fmt)
     add_lfm(sub, fmt)
+    s = sub.add_parser("index", help="write results/index.html: claims with verdicts, links to reports, sample grids",
+                       formatter_class=fmt)
+    s.add_argument("--results", required=True, help="the results folder")
+    s.add_argument("--nfe", type=int, default=6, help="NFE of the sample grids shown")
+    s.add_argument("--out", required=True, help="output .html")
+    s.set_defaults(func=cmd_index)
     s = sub.add_parser("check-config", help="validate workflow configuration files (YAML syntax, schema, rules)",
                        formatter_class=fmt)
     s.add_argument("configfile", nargs="+", help="config files, in the order given to snakemake --configfile")

@@ -236,3 +236,22 @@ rule report_table5_cifar10:
     shell:
         "{PY} '{ROOT}/workflow/scripts/render_notebook.py' --notebook '{input.notebook}'"
         " --out '{output.notebook}' --html '{output.html}' -p results '{params.results}' > '{log}' 2>&1"
+
+
+rule index_html:
+    # results/index.html, the page to open first: claims with verdicts, a link to every report, sample grids
+    input:
+        lambda w: final_targets() + lfm_final_targets() + lfm_images_final_targets(),  # after every include
+    output:
+        f"{RES}/index.html",
+    log:
+        f"{RES}/logs/report/index.log",
+    params:
+        nfe=config["report"]["index_nfe"],
+    threads: stage_threads("report")
+    resources:
+        **stage_resources("report"),
+    conda:
+        ENV
+    shell:
+        "{CLI} index --results {RES:q} --nfe {params.nfe} --out {output:q} > {log:q} 2>&1"
