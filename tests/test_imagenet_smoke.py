@@ -36,6 +36,7 @@ def smoke(tmp_path_factory):
 
 
 @pytest.mark.workflow
+@pytest.mark.slow  # the whole latent path through the DAG: about a minute here; run with -m slow
 def test_latent_cache(smoke):
     from gmflow.harness.data_latents import load_latent_cache
 
@@ -47,6 +48,7 @@ def test_latent_cache(smoke):
 
 
 @pytest.mark.workflow
+@pytest.mark.slow  # the whole latent path through the DAG: about a minute here; run with -m slow
 def test_decoded_sample_sets_and_metrics(smoke):
     cfg = yaml.safe_load(open(ROOT / "config/imagenet-smoke.yaml"))["images"]
     sets = sorted((smoke / "images/imagenet256").glob("*/samples/*.npz"))
