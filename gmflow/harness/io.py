@@ -64,6 +64,17 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, metadat
     os.replace(tmp, path)
 
 
+def file_hash(path: str | Path, algorithm: str = "sha1") -> str:
+    """Hex digest of a file's bytes (``sha1``, ``sha256``, ...), read in chunks."""
+    import hashlib
+
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
     """The tensors of a safetensors file; a missing, empty, truncated or foreign file raises one clear error."""
     path = Path(path)

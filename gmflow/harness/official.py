@@ -60,7 +60,6 @@ order, the patch Conv2d as a Linear, module names) and by the eps of the LayerNo
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import asdict
@@ -275,14 +274,6 @@ def convert_spectrum(state: dict[str, Tensor], num_channels: int, base_size: int
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def read_json(path: Path) -> dict:
     """A JSON object from ``path``; a missing or malformed file is refused naming it."""
     if not path.is_file():
@@ -425,7 +416,7 @@ def import_official(snapshot: str | Path, out: str | Path, variant: str | None =
         "architecture": asdict(config), "train": dict(OFFICIAL_TRAIN),
         "imported_from": {
             "snapshot": str(snapshot), "variant": variant,
-            "files": {str(f.relative_to(snapshot)): sha256(f) for f in files},
+            "files": {str(f.relative_to(snapshot)): io.file_hash(f, "sha256") for f in files},
             "dtypes": {"transformer": sorted({str(v.dtype) for v in t_state.values()}),
                        "spectrum_net": sorted({str(v.dtype) for v in s_state.values()})},
             "class_names": {"transformer": t_cfg.get("_class_name"), "spectrum_net": s_cfg.get("_class_name")},

@@ -41,31 +41,24 @@ def _build_dit(spec: dict) -> tuple[nn.Module, nn.Module | None]:
     if spec.get("dataset") in registry.LATENT_DATASETS:  # the class count is the cache's (e.g. a few classes in tests)
         overrides["num_classes"] = spec["num_classes"]
     net = build_dit(spec["network"], _head(spec["method"]), max(spec["num_components"], 1), **overrides)
-    c, h, w = spec["sample_shape"]
-    if (net.config.in_channels, *net.input_hw) != (c, h, w) or net.config.num_classes != spec["num_classes"]:
-        raise ValueError(
-            f"network {spec['network']!r} takes {net.config.in_channels}x{net.input_hw} images with "
-            f"{net.config.num_classes} classes, but dataset {spec['dataset']!r} has {c}x{(h, w)} and "
-            f"{spec['num_classes']} classes; pick a matching network (see gmflow/harness/dit.py DIT_VARIANTS)"
-        )
-    spectrum = None
-    if spec.get("spectral"):
-        from gmflow.spectral import SpectrumMLP
-
-        spectrum = SpectrumMLP(c, base_size=max(h, w))
-    return net, spectrum
+    return _fitted(net, spec, "gmflow/harness/dit.py DIT_VARIANTS")
 
 
 def _build_unet(spec: dict) -> tuple[nn.Module, nn.Module | None]:
     from gmflow.harness.unet import build_unet
 
     net = build_unet(spec["network"], _head(spec["method"]), max(spec["num_components"], 1))
+    return _fitted(net, spec, "gmflow/harness/unet.py UNET_VARIANTS")
+
+
+def _fitted(net: nn.Module, spec: dict, variants: str) -> tuple[nn.Module, nn.Module | None]:
+    """``net`` checked against the spec's sample shape and class count, and the run's SpectrumMLP if it has one."""
     c, h, w = spec["sample_shape"]
     if (net.config.in_channels, *net.input_hw) != (c, h, w) or net.config.num_classes != spec["num_classes"]:
         raise ValueError(
             f"network {spec['network']!r} takes {net.config.in_channels}x{net.input_hw} images with "
             f"{net.config.num_classes} classes, but dataset {spec['dataset']!r} has {c}x{(h, w)} and "
-            f"{spec['num_classes']} classes; pick a matching network (see gmflow/harness/unet.py UNET_VARIANTS)"
+            f"{spec['num_classes']} classes; pick a matching network (see {variants})"
         )
     spectrum = None
     if spec.get("spectral"):

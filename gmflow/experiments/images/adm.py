@@ -8,7 +8,6 @@ Stage 2 (``gmflow.harness.metrics_adm.adm_metrics``): FID, sFID, IS, precision, 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -21,14 +20,6 @@ from gmflow.harness.metrics_adm import adm_metrics, hsv_saturation
 
 ADM_FEATURES = "inception-tf-adm"  # inception-tf, fed as the ADM evaluator feeds its graph (pool3 + mixed_6/conv)
 ADM_FEATURES_VERSION = 1  # bump when stage 1 changes, to invalidate caches
-
-
-def sha1_file(path: str | Path) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def default_cache_path(batch: str | Path) -> Path:
@@ -158,7 +149,8 @@ def evaluate_adm(
         "uint8_conversion": sample_info.uint8_conversion,
         "feature_extractor": ADM_FEATURES,
         "inception_weights_sha1": INCEPTION_TF_SHA1,
-        "softmax_weight": None if weight_path is None else {"path": str(weight_path), "sha1": sha1_file(weight_path)},
+        "softmax_weight": None if weight_path is None
+        else {"path": str(weight_path), "sha1": io.file_hash(weight_path)},
         "inception_score_note": None
         if weight is not None
         else (
@@ -169,7 +161,7 @@ def evaluate_adm(
         "sfid_reference_statistics": "stored mu_s/sigma_s" if "mu_s" in ref_stats else "computed from arr_0",
         "distance_dtype": distance_dtype,
         "reference": str(reference),
-        "reference_sha1": sha1_file(reference),
+        "reference_sha1": io.file_hash(reference),
         "samples": str(samples),
         "device": str(dev),
         "features_from_cache": {"samples": smp_cached, "reference": ref_cached},
