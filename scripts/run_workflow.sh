@@ -26,4 +26,20 @@ for arg in "$@"; do
 done
 [ "${#CONFIGS[@]}" -gt 0 ] || CONFIGS=(config/config.yaml)
 python -m gmflow.experiments.cli check-config --syntax-only "${CONFIGS[@]}" > /dev/null
-exec snakemake --profile "$PROFILE" "$@"
+# A real run (not a dry run or a query) ends with where its time went: results/benchmarks/workflow_time.{csv,json}.
+timed=1
+for arg in "$@"; do
+    case "$arg" in
+        -n|--dry-run|--dryrun|--summary|--detailed-summary|--list-rules|--list|--dag|--rulegraph|--unlock|--touch|\
+        --lint|--help|-h|--version) timed=0 ;;
+    esac
+done
+start=$(date +%s)
+snakemake --profile "$PROFILE" "$@"
+if [ "$timed" = 1 ]; then
+    results=$(python -c 'import sys, yaml; print((yaml.safe_load(open(sys.argv[1])) or {}).get("results", "results"))' \
+        "${CONFIGS[-1]}")
+    python workflow/scripts/workflow_time.py --results "$results" --since "$start" \
+        --wall-seconds "$(( $(date +%s) - start ))" --config "${CONFIGS[*]}" \
+        --out "$results/benchmarks/workflow_time.csv"
+fi

@@ -52,6 +52,8 @@ def test_every_rule_has_env_threads_resources_and_log(file, rule, body):
         f"{file}: rule {rule} needs resources from its stage (got {resources!r})")
     assert _directive(body, "log"), f"{file}: rule {rule} has no log"
     assert _directive(body, "output"), f"{file}: rule {rule} has no output"
+    bench = _directive(body, "benchmark")
+    assert bench and "{RES}/benchmarks/" in bench, f"{file}: rule {rule} needs a benchmark file under benchmarks/"
 
 
 def _env_files():

@@ -13,6 +13,8 @@ rule reference_2d:
         **stage_resources("data"),
     conda:
         ENV
+    benchmark:
+        f"{RES}/benchmarks/reference_2d/{{dataset}}_{{seed}}.tsv"
     shell:
         "{CLI} 2d prepare-data --dataset {wildcards.dataset:q} --num-samples {params.n:q} --seed {wildcards.seed}"
         " --out {output:q} > {log:q} 2>&1"
@@ -32,6 +34,8 @@ rule exact_2d:
         **stage_resources("data"),
     conda:
         ENV
+    benchmark:
+        f"{RES}/benchmarks/exact_2d/{{dataset}}_{{seed}}.tsv"
     shell:
         "{CLI} 2d prepare-data --dataset {wildcards.dataset:q} --num-samples {params.n:q} --seed {params.stream:q}"
         " --out {output:q} > {log:q} 2>&1"

@@ -17,6 +17,8 @@ rule evaluate_reference_2d:
         **stage_resources("evaluate"),
     conda:
         ENV
+    benchmark:
+        f"{RES}/benchmarks/evaluate_reference_2d/{{dataset}}_{{seed}}.tsv"
     shell:
         "{CLI} 2d evaluate --samples {input.samples:q} --reference {input.reference:q} --dataset {wildcards.dataset:q}"
         " --seed {wildcards.seed} --knn-points {params.knn:q} --out {output:q} > {log:q} 2>&1"
@@ -68,6 +70,8 @@ rule nll_images:
         **stage_resources("evaluate"),
     conda:
         ENV
+    benchmark:
+        f"{RES}/benchmarks/nll_images/{{dataset}}_{{run}}_{{seed}}.tsv"
     shell:
         "{CLI} images nll --run-dir {params.run_dir:q} --num-images {params.n[num_images]:q}"
         " --times-per-image {params.n[times_per_image]:q} --seed {wildcards.seed} {params.root} --threads {threads}"

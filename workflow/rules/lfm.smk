@@ -89,6 +89,8 @@ rule lfm_pool:
         **stage_resources("data"),
     conda:
         ENV
+    benchmark:
+        f"{RES}/benchmarks/lfm_pool/{{dataset}}.tsv"
     shell:
         "{CLI} 2d prepare-data --dataset {wildcards.dataset:q} --num-samples {params.n:q} --seed {params.stream:q}"
         " --out {output:q} > {log:q} 2>&1"
@@ -283,6 +285,8 @@ rule lfm_table:
         **stage_resources("report"),
     conda:
         ENV
+    benchmark:
+        f"{RES}/benchmarks/lfm_table/job.tsv"
     shell:
         "{CLI} report --inputs {input:q} --out {output:q} > {log:q} 2>&1"
 
@@ -300,6 +304,8 @@ rule lfm_published:
         **stage_resources("report"),
     conda:
         ENV
+    benchmark:
+        f"{RES}/benchmarks/lfm_published/job.tsv"
     shell:
         "cp {input:q} {output:q} > {log:q} 2>&1"
 
@@ -324,6 +330,8 @@ rule lfm_report:
         **stage_resources("report"),
     conda:
         ENV
+    benchmark:
+        f"{RES}/benchmarks/lfm_report/job.tsv"
     shell:
         "{PY} {ROOT}/workflow/scripts/render_notebook.py --notebook {input.notebook:q}"
         " --out {output.notebook:q} --html {output.html:q} -p results {params.results:q} > {log:q} 2>&1"

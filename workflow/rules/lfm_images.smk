@@ -122,6 +122,8 @@ rule lfmi_pool:
         **stage_resources("data"),
     conda:
         ENV
+    benchmark:
+        f"{RES}/benchmarks/lfmi_pool/{{dataset}}_{{chain}}.tsv"
     shell:
         "{CLI} lfm image-pool --dataset {wildcards.dataset:q} {params.num_images} {params.root} --out {output:q}"
         " > {log:q} 2>&1"
@@ -260,6 +262,8 @@ rule lfmi_table:
         **stage_resources("report"),
     conda:
         ENV
+    benchmark:
+        f"{RES}/benchmarks/lfmi_table/job.tsv"
     shell:
         "{CLI} report --inputs {input:q} --out {output:q} > {log:q} 2>&1"
 
@@ -282,6 +286,8 @@ rule lfmi_report:
         **stage_resources("report"),
     conda:
         ENV
+    benchmark:
+        f"{RES}/benchmarks/lfmi_report/job.tsv"
     shell:
         "{PY} {ROOT}/workflow/scripts/render_notebook.py --notebook {input.notebook:q}"
         " --out {output.notebook:q} --html {output.html:q} -p results {params.results:q}"

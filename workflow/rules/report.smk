@@ -13,6 +13,8 @@ rule table_2d:
         **stage_resources("report"),
     conda:
         ENV
+    benchmark:
+        f"{RES}/benchmarks/table_2d/job.tsv"
     shell:
         "{CLI} report --inputs {input:q} --out {output:q} > {log:q} 2>&1"
 
@@ -31,6 +33,8 @@ rule targets_2d:
         **stage_resources("report"),
     conda:
         ENV
+    benchmark:
+        f"{RES}/benchmarks/targets_2d/job.tsv"
     shell:
         "{PY} {ROOT}/workflow/scripts/targets_2d.py --table {input.table:q}"
         " --benchmarks {params.benchmarks:q} --out {output:q} > {log:q} 2>&1"
@@ -54,6 +58,8 @@ rule report_2d:
         **stage_resources("report"),
     conda:
         ENV
+    benchmark:
+        f"{RES}/benchmarks/report_2d/job.tsv"
     shell:
         "{PY} {ROOT}/workflow/scripts/render_notebook.py --notebook {input.notebook:q} --out {output.notebook:q}"
         " --html {output.html:q} -p results {params.results:q} -p histogram_nfe {params.nfe:q} > {log:q} 2>&1"
@@ -71,6 +77,8 @@ rule table_images:
         **stage_resources("report"),
     conda:
         ENV
+    benchmark:
+        f"{RES}/benchmarks/table_images/job.tsv"
     shell:
         "{CLI} report --inputs {input:q} --out {output:q} > {log:q} 2>&1"
 
@@ -88,6 +96,8 @@ rule published_numbers:
         **stage_resources("report"),
     conda:
         ENV
+    benchmark:
+        f"{RES}/benchmarks/published_numbers/job.tsv"
     shell:
         "cp {input:q} {output:q} > {log:q} 2>&1"
 
@@ -115,6 +125,8 @@ rule paper_tables:
         **stage_resources("report"),
     conda:
         ENV
+    benchmark:
+        f"{RES}/benchmarks/paper_tables/job.tsv"
     shell:
         "{PY} {input.script:q} --results {params.results:q} > {log:q} 2>&1"
 
@@ -141,6 +153,8 @@ rule report_images:
         **stage_resources("report"),
     conda:
         ENV
+    benchmark:
+        f"{RES}/benchmarks/report_images/{{notebook}}.tsv"
     shell:
         "{PY} {ROOT}/workflow/scripts/render_notebook.py --notebook {input.notebook:q}"
         " --out {output.notebook:q} --html {output.html:q} -p results {params.results:q} > {log:q} 2>&1"
@@ -164,6 +178,8 @@ rule bench_images:
         slurm_extra="--exclusive",
     conda:
         ENV
+    benchmark:
+        f"{RES}/benchmarks/bench_images/job.tsv"
     shell:
         "({PY} {ROOT}/workflow/scripts/bench_dit.py --variant {params.net:q} --batch {params.batch:q} --threads 1"
         " --out {output.dit:q}"
@@ -190,6 +206,8 @@ rule targets_images:
         **stage_resources("report"),
     conda:
         ENV
+    benchmark:
+        f"{RES}/benchmarks/targets_images/job.tsv"
     shell:
         "{PY} {ROOT}/workflow/scripts/targets_images.py --table {input.table:q}"
         " --dit-bench {input.dit:q} {input.dit_spectral:q} --overhead-bench {input.overhead:q}"
@@ -213,6 +231,8 @@ rule table5_cifar10:
         **stage_resources("report"),
     conda:
         ENV
+    benchmark:
+        f"{RES}/benchmarks/table5_cifar10/job.tsv"
     shell:
         "{PY} '{input.script}' --results '{params.results}' > '{log}' 2>&1"
 
@@ -233,6 +253,8 @@ rule report_table5_cifar10:
         **stage_resources("report"),
     conda:
         ENV
+    benchmark:
+        f"{RES}/benchmarks/report_table5_cifar10/job.tsv"
     shell:
         "{PY} '{ROOT}/workflow/scripts/render_notebook.py' --notebook '{input.notebook}'"
         " --out '{output.notebook}' --html '{output.html}' -p results '{params.results}' > '{log}' 2>&1"
@@ -253,5 +275,7 @@ rule index_html:
         **stage_resources("report"),
     conda:
         ENV
+    benchmark:
+        f"{RES}/benchmarks/index_html/job.tsv"
     shell:
         "{CLI} index --results {RES:q} --nfe {params.nfe} --out {output:q} > {log:q} 2>&1"

@@ -96,6 +96,8 @@ rule import_official_images:
         **stage_resources("data"),
     conda:
         ENV
+    benchmark:
+        f"{RES}/benchmarks/import_official_images/{{dataset}}_{{run}}.tsv"
     shell:
         "{CLI} import-official --snapshot {params.snapshot:q} {params.variant} --out {params.out:q} > {log:q} 2>&1"
 
@@ -121,6 +123,8 @@ rule snapshot_images:
         **stage_resources("data"),
     conda:
         ENV
+    benchmark:
+        f"{RES}/benchmarks/snapshot_images/{{dataset}}_{{run}}_{{step}}.tsv"
     shell:
         "{CLI} images snapshot-run --run-dir {params.run_dir:q} --step {wildcards.step} --out {params.out:q}"
         " > {log:q} 2>&1"
