@@ -114,3 +114,23 @@ def test_schema_bounds_equal_the_training_ranges():
 
     walk(schema, [])
     assert len(found) >= 15, found
+
+
+def test_run_seed_is_ranged_like_the_train_seed():
+    schema = yaml.safe_load(open(SCHEMA))
+    for part in ("toy", "images"):
+        props = schema["properties"][part]["properties"]
+        train, run = props["train"]["properties"]["seed"], props["runs"]["additionalProperties"]["properties"]["seed"]
+        assert {k: run[k] for k in ("type", "minimum", "maximum")} == {k: train[k] for k in ("type", "minimum",
+                                                                                           "maximum")}, part
+        assert "default" not in run  # absent: the run trains with train.seed
+
+
+@pytest.mark.parametrize("seed,key,value", [(10000, "images.runs.fm.seed", "10000"), (-1, "images.runs.fm.seed", "-1"),
+                                            (1.5, "images.runs.fm.seed", "1.5")])
+def test_bad_run_seed_names_key_and_value(seed, key, value):
+    cfg = _load("ci")
+    cfg["images"]["runs"]["fm"]["seed"] = seed
+    with pytest.raises(ConfigError) as e:
+        validate_config(cfg)
+    assert f"'{key}'" in str(e.value) and value in str(e.value)

@@ -8,7 +8,7 @@ from snakemake.exceptions import WorkflowError
 sys.path.insert(0, workflow.basedir)
 
 from gmflow.experiments.config import validate_config
-from gmflow.experiments.images.sweeps import TAG_PATTERN, image_points, parse_tag
+from gmflow.experiments.images.sweeps import TAG_PATTERN, image_points, parse_tag, run_setting
 from gmflow.harness import registry
 
 validate_config(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml")
@@ -99,8 +99,8 @@ wildcard_constraints:
 
 
 def run_option(run, key):
-    spec = TOY["runs"][run]
-    return spec.get(key, TOY["train"][key])
+    """A 2D run's training setting: its own (toy.runs.{run}.trans_ratio, .seed), else toy.train's."""
+    return run_setting(TOY, run, key)
 
 
 def sample_sets_2d():
@@ -130,8 +130,8 @@ def metric_files_2d():
 
 
 def image_run_option(run, key):
-    spec = IMG["runs"][run]
-    return spec.get(key, IMG["train"][key])
+    """An image run's training setting: its own (images.runs.{run}.trans_ratio, .seed), else images.train's."""
+    return run_setting(IMG, run, key)
 
 
 def image_metric_files():

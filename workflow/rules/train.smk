@@ -13,6 +13,7 @@ rule train_2d:
         method=lambda w: TOY["runs"][w.run]["method"],
         K=lambda w: TOY["runs"][w.run].get("K", 1),
         trans_ratio=lambda w: run_option(w.run, "trans_ratio"),
+        seed=lambda w: run_option(w.run, "seed"),
         t=lambda w: TOY["train"],
         out=lambda w: f"{RES}/2d/{w.dataset}/{w.run}",
     threads: stage_threads("train")
@@ -26,7 +27,7 @@ rule train_2d:
         " --depth {params.t[depth]:q} --steps {params.t[steps]:q} --batch-size {params.t[batch_size]:q}"
         " --lr {params.t[lr]:q} --warmup-steps {params.t[warmup_steps]:q} --ema-gamma {params.t[ema_gamma]:q}"
         " --weight-scale {params.t[weight_scale]:q} --time-sampler {params.t[time_sampler]:q}"
-        " --checkpoint-every {params.t[checkpoint_every]:q} --seed {params.t[seed]:q} --threads {threads} {DEVICE}"
+        " --checkpoint-every {params.t[checkpoint_every]:q} --seed {params.seed:q} --threads {threads} {DEVICE}"
         " --out {params.out:q} > {log:q} 2>&1"
 
 
@@ -47,6 +48,7 @@ rule train_images:
         method=lambda w: IMG["runs"][w.run]["method"],
         K=lambda w: IMG["runs"][w.run].get("K", 1),
         trans_ratio=lambda w: image_run_option(w.run, "trans_ratio"),
+        seed=lambda w: image_run_option(w.run, "seed"),
         t=lambda w: IMG["train"],
         dit=lambda w: " ".join(
             opt(f"--{flag}", IMG["train"][key])
@@ -73,7 +75,7 @@ rule train_images:
         " --ema-gamma {params.t[ema_gamma]:q} --ema-kimg {params.t[ema_kimg]:q} --ema-rampup {params.t[ema_rampup]:q}"
         " --weight-scale {params.t[weight_scale]:q} --time-sampler {params.t[time_sampler]:q}"
         " --label-dropout {params.t[label_dropout]:q} {params.spectral} {params.root}"
-        " --checkpoint-every {params.t[checkpoint_every]:q} {params.snapshots} --seed {params.t[seed]:q}"
+        " --checkpoint-every {params.t[checkpoint_every]:q} {params.snapshots} --seed {params.seed:q}"
         " --micro-batch-size {params.t[micro_batch_size]:q} {params.ckpt} --threads {threads} {DEVICE}"
         " --out {params.out:q} > {log:q} 2>&1"
 

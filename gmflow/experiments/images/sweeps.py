@@ -4,6 +4,9 @@ A point is one sample set: ``(run, solver, nfe, guidance, scale, orthogonal, sub
 do not apply to a solver are normalised away (sub-steps only for GM-ODE, spectral sampling only for GM-SDE of a run
 with a SpectrumMLP, orthogonal projection only for guided points), so two sweeps that ask for the same sample set share
 one file. The file name is a pure function of the point (:func:`point_tag`, parsed back by :data:`TAG_PATTERN`).
+
+Runs are read here too: a run's training settings (:func:`run_setting`: its own ``trans_ratio`` or ``seed`` over the
+section's ``train``) and its seed twins (:func:`seed_twins`), for the image and the 2D sections alike.
 """
 
 from __future__ import annotations
@@ -90,6 +93,39 @@ def image_points(images: dict) -> list[dict]:
     return list(points.values())
 
 
+RUN_OVERRIDES = ("trans_ratio", "seed")
+"""Training settings a run may set for itself (``runs.<run>.<key>``), over its section's ``train.<key>``."""
+
+
+def run_setting(section: dict, run: str, key: str):
+    """The training setting ``key`` of ``run`` in an experiment section (``images`` or ``toy``): the run's own value,
+    else the section's ``train`` value."""
+    return section["runs"][run].get(key, section["train"][key])
+
+
+def seed_twins(section: dict) -> list[tuple[str, str]]:
+    """Pairs ``(run_0, run_1)`` of trained runs identical in every setting but the training seed (``runs.<run>.seed``
+    over ``train.seed``), ``run_0`` of the smaller seed, in the order of ``section["runs"]``.
+
+    Settings are compared as the trainer sees them (a run's override equal to the ``train`` value is no difference);
+    a group of three or more seeds gives one pair per further seed, each against the smallest. Runs imported from a
+    published snapshot are never twins (they were not trained here). Runs sharing their seed too are one model twice,
+    not twins: the first name stands for it.
+    """
+    groups: dict[tuple, dict[int, str]] = {}
+    for run, spec in section["runs"].items():
+        if "official" in spec:
+            continue
+        rest = {**spec, **{k: run_setting(section, run, k) for k in RUN_OVERRIDES}}
+        seed = rest.pop("seed")
+        groups.setdefault(tuple(sorted(rest.items())), {}).setdefault(seed, run)
+    pairs = []
+    for by_seed in groups.values():
+        seeds = sorted(by_seed)
+        pairs += [(by_seed[seeds[0]], by_seed[s]) for s in seeds[1:]]
+    return pairs
+
+
 def check_images_config(images: dict) -> list[str]:
     """Cross-key rules the schema cannot state; returns error messages (empty when the config is consistent)."""
     errors = []
@@ -103,6 +139,9 @@ def check_images_config(images: dict) -> list[str]:
             errors.append(f"config error at 'images.runs.{run}.official': the published snapshot is a GMFlow K = 8 "
                           f"model of imagenet256 (seen: method {spec['method']!r}, K {spec.get('K')!r}, dataset "
                           f"{images['dataset']!r}); set method: gmflow, K: 8")
+        if "official" in spec and "seed" in spec:
+            errors.append(f"config error at 'images.runs.{run}.seed': a run imported from a published snapshot is "
+                          f"not trained here, so it has no training seed (value seen: {spec['seed']!r}); remove it")
         if spec["method"] == "gmflow" and "K" not in spec:
             errors.append(f"config error at 'images.runs.{run}': a gmflow run needs K (number of components)")
         if spec["method"] == "fm" and "K" in spec:
