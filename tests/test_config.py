@@ -116,6 +116,24 @@ def test_schema_bounds_equal_the_training_ranges():
     assert len(found) >= 15, found
 
 
+def test_seeds_config_is_valid_and_has_the_default_image_recipe():
+    """config/seeds.yaml (two training seeds of the headline pair) trains, samples and measures exactly as the default
+    configuration does, so its spread is the spread of the default's numbers: the recipe (dataset, classifier,
+    reference, training, sampling, NLL) and each run's method and K equal config/config.yaml's, with defaults filled.
+    When the default recipe changes, change config/seeds.yaml with it."""
+    raw = _load("seeds")
+    cfg = validate_config(copy.deepcopy(raw))
+    _assert_contains(cfg, raw)
+    seeds, default = cfg["images"], validate_config(_load("config"))["images"]
+    for key in ("dataset", "data_root", "classifier", "reference", "train", "sample", "nll"):
+        assert seeds[key] == default[key], f"images.{key} of config/seeds.yaml differs from config/config.yaml's"
+    for run, twin in (("fm", "fm-seed1"), ("gm-k8", "gm-k8-seed1")):
+        recipe = {k: default["runs"][run].get(k) for k in ("method", "K", "trans_ratio")}
+        assert {k: seeds["runs"][run].get(k) for k in recipe} == recipe, run
+        assert {k: seeds["runs"][twin].get(k) for k in recipe} == recipe, twin
+        assert seeds["runs"][run].get("seed", seeds["train"]["seed"]) == 0 and seeds["runs"][twin]["seed"] == 1
+
+
 def test_run_seed_is_ranged_like_the_train_seed():
     schema = yaml.safe_load(open(SCHEMA))
     for part in ("toy", "images"):

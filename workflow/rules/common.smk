@@ -8,7 +8,7 @@ from snakemake.exceptions import WorkflowError
 sys.path.insert(0, workflow.basedir)
 
 from gmflow.experiments.config import validate_config
-from gmflow.experiments.images.sweeps import TAG_PATTERN, image_points, parse_tag, run_setting
+from gmflow.experiments.images.sweeps import TAG_PATTERN, image_points, parse_tag, run_setting, seed_twins
 from gmflow.harness import registry
 
 validate_config(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml")
@@ -157,6 +157,8 @@ def final_targets():
         out += [f"{RES}/reports/2d_toy.html"]
     if IMG is not None:
         out += [f"{RES}/reports/{nb}.html" for nb in IMG["notebooks"]]  # schema default: IMAGE_NOTEBOOKS
+        if seed_twins(IMG):  # runs that differ only in their training seed (config/seeds.yaml)
+            out += [f"{RES}/tables/seed_spread.csv"]
     return out
 
 

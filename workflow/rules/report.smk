@@ -131,6 +131,35 @@ rule paper_tables:
         "{PY} {input.script:q} --results {params.results:q} > {log:q} 2>&1"
 
 
+def seed_twin_args():
+    """`--twin RUN0=SEED0 RUN1=SEED1` per pair of seed twins among the image runs (their training seeds)."""
+    pairs = seed_twins(IMG) if IMG else []
+    return " ".join(shlex.join(["--twin", *(f"{r}={image_run_option(r, 'seed')}" for r in p)]) for p in pairs)
+
+
+rule seed_spread:
+    # the spread between training seeds of seed-twin runs (images.runs.{run}.seed) beside the generated-set
+    # intervals, and the GMFlow-minus-FM difference under each seed (config/seeds.yaml)
+    input:
+        table=rules.table_images.output,
+        script=f"{ROOT}/workflow/scripts/seed_spread.py",
+    output:
+        f"{RES}/tables/seed_spread.csv",
+    log:
+        f"{RES}/logs/report/seed_spread.log",
+    params:
+        twins=lambda w: seed_twin_args(),
+    threads: stage_threads("report")
+    resources:
+        **stage_resources("report"),
+    conda:
+        ENV
+    benchmark:
+        f"{RES}/benchmarks/seed_spread/job.tsv"
+    shell:
+        "{PY} {input.script:q} --table {input.table:q} {params.twins} --out {output:q} > {log:q} 2>&1"
+
+
 rule report_images:
     input:
         table=rules.table_images.output,
