@@ -135,6 +135,24 @@ def main() -> None:
             f"{consistency_note(df, pr, cf)}")
     else:
         add("matched-precision saturation, probabilistic vs CFG", np.nan, np.nan, "not run")
+    # Samples worth looking at: the best guided flow-matching set and the best GMFlow set (lowest in-domain FID over
+    # every solver, NFE and guidance scale of the sweeps) against quality floors a person can check on the grids.
+    for label, sel in (("best guided flow-matching set", {"method": "fm", "guidance": "cfg"}),
+                       ("best GMFlow set", {"method": "gmflow"})):
+        row = best(df, "fid", True, **sel)
+        if row is None:
+            add(f"{label}: class consistency >= 0.80, FID <= 50, recall >= 0.4", np.nan, np.nan, "not run")
+            continue
+        where = (f"{row.run} {row.solver} NFE {row.nfe_budget} {row.guidance} w={row.guidance_scale} "
+                 f"({row.sample_set})")
+        for metric, goal, lower in (("class_consistency", 0.80, False), ("fid", 50.0, True), ("recall", 0.4, False)):
+            r = metric_row(df, row, metric)
+            if r is None:
+                add(f"{label}: {metric} {'<=' if lower else '>='} {goal:g}", np.nan, goal, "not run", where)
+                continue
+            met = bool(r.value <= goal) if lower else bool(r.value >= goal)
+            add(f"{label}: {metric} {'<=' if lower else '>='} {goal:g} (in-domain classifier)", r.value, goal, met,
+                f"{where}: {text(r)}" + ("" if met else f"; missed by {abs(r.value - goal):.3g}"))
     ovh = pd.read_csv(a.overhead_bench)
     for _, r in ovh[ovh["head"] == "gm"].iterrows():
         add(f"GM overhead per NFE <= 5% of the forward: {r.solver}, guidance {r.guidance}, spectral {r.spectral}"
