@@ -142,7 +142,7 @@ rule lfm_train_block:
     benchmark:
         f"{RES}/benchmarks/{{chain}}/train_{{dataset}}_block{{n}}.tsv"
     params:
-        L=lambda w: LFM,
+        L=lambda w: {k: LFM[k] for k in ("num_blocks", "step_c", "step_rho", "interpolant")},  # not lfm.chains
         t=lambda w: chain_train(LFM, w.chain),
         init=lambda w, input: opt("--init-from", input.init[0] if input.init else None),
         out=lambda w: f"{lfm_dir(w.dataset, w.chain)}/block_{w.n}",
