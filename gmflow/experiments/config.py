@@ -46,6 +46,9 @@ def validate_config(config: dict, schema_path: str | Path) -> dict:
         )
     if "toy" not in config and "images" not in config:
         raise ConfigError("config error at '<top level>': neither 'toy' nor 'images' is configured; nothing to run")
+    if config["report"]["bandwidth_2d"] and "toy" not in config:
+        raise ConfigError("config error at 'report.bandwidth_2d': the bandwidth table compares the 2D runs; add the "
+                          "'toy' section or set it to false")
     if "toy" in config:
         from gmflow.experiments.toy2d.config import check_toy_config
 

@@ -60,6 +60,8 @@ RANGES: dict[str, Range] = {
     "weight_scale": POSITIVE,
     "spectral_weight": NON_NEGATIVE,
     "time_shift": POSITIVE,
+    # the finest period of the 2D MLP's position features, below its coarsest (gmflow.harness.mlp2d.MAX_PERIOD)
+    "min_period": Range(0, 50.0, low_exclusive=True, high_exclusive=True),
 }
 
 

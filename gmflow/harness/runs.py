@@ -2,11 +2,12 @@
 
 A spec holds ``network`` (a registry key), ``method`` (``gmflow`` or ``fm``: the GM or the velocity head),
 ``num_components``, ``dataset``, ``sample_shape`` and ``num_classes``, plus the network family's own fields (the 2D
-MLP's ``width`` and ``depth``; a DiT's optional ``patch_size``, ``depth``, ``width``, ``num_heads`` overrides and
-``spectral``, whether a SpectrumMLP is trained beside it; a U-Net's ``spectral`` alone). A run imported from another
-code base also records its whole DiT architecture as ``architecture``, a dict of
-:class:`gmflow.harness.dit.DiTConfig` fields over the variant's (gmflow/harness/official.py). Builders are looked up
-by network key.
+MLP's ``width``, ``depth`` and ``min_period``, the finest period of its position features: a record without
+``min_period``, written before it was a setting, has the paper's 0.005; a DiT's optional ``patch_size``, ``depth``,
+``width``, ``num_heads`` overrides and ``spectral``, whether a SpectrumMLP is trained beside it; a U-Net's
+``spectral`` alone). A run imported from another code base also records its whole DiT architecture as
+``architecture``, a dict of :class:`gmflow.harness.dit.DiTConfig` fields over the variant's
+(gmflow/harness/official.py). Builders are looked up by network key.
 """
 
 from __future__ import annotations
@@ -28,10 +29,20 @@ def _head(method: str) -> str:
     return "gm" if method == "gmflow" else "velocity"
 
 
+def mlp2d_min_period(spec: dict) -> float:
+    """The finest position-feature period of a 2D MLP's spec; records written before it was a setting have none and
+    used the paper's value."""
+    from gmflow.harness.mlp2d import MIN_PERIOD
+
+    return float(spec.get("min_period", MIN_PERIOD))
+
+
 def _build_mlp2d(spec: dict) -> tuple[nn.Module, None]:
     from gmflow.harness.mlp2d import MLP2D
 
-    return MLP2D(_head(spec["method"]), max(spec["num_components"], 1), spec["width"], spec["depth"]), None
+    net = MLP2D(_head(spec["method"]), max(spec["num_components"], 1), spec["width"], spec["depth"],
+                min_period=mlp2d_min_period(spec))
+    return net, None
 
 
 def _build_dit(spec: dict) -> tuple[nn.Module, nn.Module | None]:
@@ -80,13 +91,15 @@ def build_network(spec: dict) -> tuple[nn.Module, nn.Module | None]:
 
 
 def network_spec(dataset: str, network: str, method: str, num_components: int = 0, *, width: int = 256,
-                 depth: int = 3, spectral: bool = False, dit: dict | None = None, data_root: str | None = None) -> dict:
+                 depth: int = 3, min_period: float | None = None, spectral: bool = False, dit: dict | None = None,
+                 data_root: str | None = None) -> dict:
     """The spec of a ``network`` for ``dataset``, checked against each other.
 
-    ``width`` and ``depth`` size the 2D MLP; ``dit`` holds a DiT's overrides (``patch_size``, ``depth``, ``width``,
-    ``num_heads``; None keeps the variant's). ``spectral`` (DiT of a GMFlow run) trains a SpectrumMLP beside it.
-    A latent dataset takes its class count and latent shape from its cache at ``data_root``, and the spec keeps the
-    cache's index as ``latents`` (which VAE decodes the samples).
+    ``width`` and ``depth`` size the 2D MLP and ``min_period`` is the finest period of its position features (None:
+    the paper's 0.005; :class:`gmflow.harness.mlp2d.MLP2D`); ``dit`` holds a DiT's overrides (``patch_size``,
+    ``depth``, ``width``, ``num_heads``; None keeps the variant's). ``spectral`` (DiT of a GMFlow run) trains a
+    SpectrumMLP beside it. A latent dataset takes its class count and latent shape from its cache at ``data_root``,
+    and the spec keeps the cache's index as ``latents`` (which VAE decodes the samples).
     """
     info = dataset_info(dataset, data_root)
     if network not in info.networks:
@@ -96,9 +109,13 @@ def network_spec(dataset: str, network: str, method: str, num_components: int = 
     spec = {"network": network, "method": method, "num_components": num_components if method == "gmflow" else 0,
             "dataset": dataset, "sample_shape": list(info.sample_shape), "num_classes": info.num_classes}
     if network == "mlp2d":
+        from gmflow.harness.mlp2d import MIN_PERIOD
+
         if spectral:
             raise ValueError("--spectral applies to DiT networks of image datasets only")
-        return {**spec, "width": width, "depth": depth}
+        return {**spec, "width": width, "depth": depth, "min_period": MIN_PERIOD if min_period is None else min_period}
+    if min_period is not None:
+        raise ValueError(f"--min-period sets the 2D MLP's position features; network {network!r} has none")
     if getattr(info, "latents", None) is not None:
         spec["latents"] = info.latents
     if network in registry.UNET_NETWORKS:

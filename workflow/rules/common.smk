@@ -155,6 +155,8 @@ def final_targets():
     out = []
     if TOY is not None:
         out += [f"{RES}/reports/2d_toy.html"]
+        if config["report"]["bandwidth_2d"]:
+            out += [f"{RES}/tables/bandwidth_2d.csv"]
     if IMG is not None:
         out += [f"{RES}/reports/{nb}.html" for nb in IMG["notebooks"]]  # schema default: IMAGE_NOTEBOOKS
         if seed_twins(IMG):  # runs that differ only in their training seed (config/seeds.yaml)

@@ -1,34 +1,45 @@
 # Local Flow Matching (docs/method.md, Sec. 7), a baseline of the 2D experiment. Every block is its own job: it trains
 # on its pool (warm-started from the block before) and its pool is pushed through it by dopri5. The cached outputs make
 # a chain resume at the block where it stopped, and one block can be rerun alone (with what depends on it):
-#   {RES}/2d/{dataset}/lfm/pool_0.npz             exact training sample
-#   {RES}/2d/{dataset}/lfm/block_{n}/             block n trained on pool_{n-1}: ema.safetensors, run.json (state.safetensors)
-#   {RES}/2d/{dataset}/lfm/pool_{n}.npz (+ .json) pool_{n-1} pushed through block n (counted NFE, seconds)
-#   {RES}/2d/{dataset}/lfm/student_{n}/           one-step student of block n (teacher pairs pool_n -> pool_{n-1})
-#   {RES}/2d/{dataset}/lfm/samples|metrics/{solver}_{setting}_seed{seed}.npz|.csv, setting nfe{per block} or tol{tol}
-#   {RES}/2d/{dataset}/lfm/metrics/nll_seed{seed}.csv    exact NLL of held-out points and its gap to the data entropy
-#                                                     (dopri5 by default; repeated at 10x the tolerance as a check)
+#   {RES}/2d/{dataset}/{chain}/pool_0.npz             exact training sample
+#   {RES}/2d/{dataset}/{chain}/block_{n}/             block n trained on pool_{n-1}: ema.safetensors, run.json
+#                                                     (state.safetensors)
+#   {RES}/2d/{dataset}/{chain}/pool_{n}.npz (+ .json) pool_{n-1} pushed through block n (counted NFE, seconds)
+#   {RES}/2d/{dataset}/{chain}/student_{n}/           one-step student of block n (teacher pairs pool_n -> pool_{n-1})
+#   {RES}/2d/{dataset}/{chain}/samples|metrics/{solver}_{setting}_seed{seed}.npz|.csv, setting nfe{per block}, tol{tol}
+#   {RES}/2d/{dataset}/{chain}/metrics/nll_seed{seed}.csv   exact NLL of held-out points and its gap to the data
+#                                                     entropy (dopri5 by default; repeated at 10x the tolerance)
 #   {RES}/2d/{dataset}/lfm/metrics/nll-flow_{run}_seed{seed}.csv   the same for the 2D sweep's flow-matching runs
+# {chain} is the main chain 'lfm' (lfm.train; tables/lfm_2d.csv and the LFM report) or a chain of lfm.chains
+# ('lfm-{name}', lfm.train with the chain's overrides), so the main chain's paths are those of a config without chains.
 # Needs common.smk (RES, CLI, ENV, opt, stage_threads, stage_resources) and data.smk; included after them.
+import re
+
 from gmflow.experiments.lfm.chain import SAMPLE_SOLVERS as LFM_SOLVERS
-from gmflow.experiments.lfm.config import POOL_STREAM, sample_settings
+from gmflow.experiments.lfm.config import MAIN_CHAIN_2D, POOL_STREAM, chain_train, chains_2d, sample_settings
 
 LFM = config.get("lfm")
+# the configured 2D chains, exactly (the image chains of lfm_images.smk share the wildcard name, not the values)
+LFM_CHAINS = "|".join(re.escape(c) for c in (chains_2d(LFM) if LFM else [MAIN_CHAIN_2D]))
 
 
 def lfm_blocks():
     return range(1, LFM["num_blocks"] + 1)
 
 
-def lfm_chain(dataset, solver):
+def lfm_dir(dataset, chain):
+    return f"{RES}/2d/{dataset}/{chain}"
+
+
+def lfm_chain(dataset, solver, chain=MAIN_CHAIN_2D):
     """The folders of blocks 1..N (students for the distilled chain), block 1 first."""
     kind = "student" if solver == "distilled" else "block"
-    return [f"{RES}/2d/{dataset}/lfm/{kind}_{n}" for n in lfm_blocks()]
+    return [f"{lfm_dir(dataset, chain)}/{kind}_{n}" for n in lfm_blocks()]
 
 
 def lfm_chain_weights(w):
     name = "student.safetensors" if w.lfm_solver == "distilled" else "ema.safetensors"
-    return [f"{d}/{name}" for d in lfm_chain(w.dataset, w.lfm_solver)]
+    return [f"{d}/{name}" for d in lfm_chain(w.dataset, w.lfm_solver, w.chain)]
 
 
 def lfm_solver_options(w):
@@ -40,15 +51,23 @@ def lfm_solver_options(w):
     return ""
 
 
-def lfm_metric_files():
+def lfm_metric_files(chain=MAIN_CHAIN_2D, flow_runs=True):
+    """Every sample-set metric file and NLL file of a chain, and (flow_runs) the NLL of the 2D flow-matching runs."""
     files = []
     for d in LFM["datasets"]:
+        m = f"{lfm_dir(d, chain)}/metrics"
         for seed in LFM["sample"]["seeds"]:
-            files += [f"{RES}/2d/{d}/lfm/metrics/{s}_{setting}_seed{seed}.csv" for s, setting in sample_settings(LFM)]
+            files += [f"{m}/{s}_{setting}_seed{seed}.csv" for s, setting in sample_settings(LFM)]
             if LFM["nll"]["num_points"] > 0:
-                files.append(f"{RES}/2d/{d}/lfm/metrics/nll_seed{seed}.csv")
-                files += [f"{RES}/2d/{d}/lfm/metrics/nll-flow_{run}_seed{seed}.csv" for run in lfm_flow_runs(d)]
+                files.append(f"{m}/nll_seed{seed}.csv")
+                if flow_runs:
+                    files += [f"{RES}/2d/{d}/lfm/metrics/nll-flow_{run}_seed{seed}.csv" for run in lfm_flow_runs(d)]
     return files
+
+
+def lfm_extra_chain_files():
+    """The metric and NLL files of the chains of lfm.chains (not in tables/lfm_2d.csv)."""
+    return [f for chain in chains_2d(LFM)[1:] for f in lfm_metric_files(chain, flow_runs=False)]
 
 
 def lfm_flow_runs(dataset):
@@ -71,26 +90,36 @@ def lfm_report_inputs():
 
 
 def lfm_final_targets():
-    """The LFM part of `rule all`: the rendered report (it needs every LFM output). Empty without an lfm section."""
-    return [f"{RES}/reports/lfm_2d.html"] if LFM is not None else []
+    """The LFM part of `rule all`: the rendered report (it needs every output of the main chain) and the metric files
+    of the other chains. Empty without an lfm section."""
+    return [f"{RES}/reports/lfm_2d.html", *lfm_extra_chain_files()] if LFM is not None else []
+
+
+def lfm_chain_dirs_2d(dataset):
+    """Folders of the 2D chains on a dataset ('lfm' first); empty without an lfm section or off its datasets."""
+    if LFM is None or dataset not in LFM["datasets"]:
+        return []
+    return [lfm_dir(dataset, c) for c in chains_2d(LFM)]
 
 
 rule lfm_pool:
     # pool_0: the finite training sample of the chain (data stream POOL_STREAM + seed, disjoint from the references)
     output:
-        f"{RES}/2d/{{dataset}}/lfm/pool_0.npz",
+        f"{RES}/2d/{{dataset}}/{{chain}}/pool_0.npz",
+    wildcard_constraints:
+        chain=LFM_CHAINS,
     log:
-        f"{RES}/logs/lfm/pool_{{dataset}}.log",
+        f"{RES}/logs/{{chain}}/pool_{{dataset}}.log",
     params:
         n=lambda w: LFM["pool_size"],
-        stream=lambda w: POOL_STREAM + LFM["train"]["seed"],
+        stream=lambda w: POOL_STREAM + chain_train(LFM, w.chain)["seed"],
     threads: stage_threads("data")
     resources:
         **stage_resources("data"),
     conda:
         ENV
     benchmark:
-        f"{RES}/benchmarks/lfm_pool/{{dataset}}.tsv"
+        f"{RES}/benchmarks/{{chain}}_pool/{{dataset}}.tsv"
     shell:
         "{CLI} 2d prepare-data --dataset {wildcards.dataset:q} --num-samples {params.n:q} --seed {params.stream:q}"
         " --out {output:q} > {log:q} 2>&1"
@@ -100,22 +129,23 @@ rule lfm_train_block:
     # resumable from block_{n}/state.safetensors (kept across job restarts; dropped when the pool, the warm start or a
     # setting other than the step count changed)
     input:
-        pool=lambda w: f"{RES}/2d/{w.dataset}/lfm/pool_{int(w.n) - 1}.npz",
-        init=lambda w: [f"{RES}/2d/{w.dataset}/lfm/block_{int(w.n) - 1}/ema.safetensors"] if int(w.n) > 1 else [],
+        pool=lambda w: f"{lfm_dir(w.dataset, w.chain)}/pool_{int(w.n) - 1}.npz",
+        init=lambda w: [f"{lfm_dir(w.dataset, w.chain)}/block_{int(w.n) - 1}/ema.safetensors"] if int(w.n) > 1 else [],
     output:
-        weights=f"{RES}/2d/{{dataset}}/lfm/block_{{n}}/ema.safetensors",
-        spec=f"{RES}/2d/{{dataset}}/lfm/block_{{n}}/run.json",
+        weights=f"{RES}/2d/{{dataset}}/{{chain}}/block_{{n}}/ema.safetensors",
+        spec=f"{RES}/2d/{{dataset}}/{{chain}}/block_{{n}}/run.json",
     wildcard_constraints:
         n=r"[1-9]\d*",
+        chain=LFM_CHAINS,
     log:
-        f"{RES}/logs/lfm/train_{{dataset}}_block{{n}}.log",
+        f"{RES}/logs/{{chain}}/train_{{dataset}}_block{{n}}.log",
     benchmark:
-        f"{RES}/benchmarks/lfm/train_{{dataset}}_block{{n}}.tsv"
+        f"{RES}/benchmarks/{{chain}}/train_{{dataset}}_block{{n}}.tsv"
     params:
-        L=lambda w: LFM,
-        t=lambda w: LFM["train"],
+        L=lambda w: {k: LFM[k] for k in ("num_blocks", "step_c", "step_rho", "interpolant")},  # not lfm.chains
+        t=lambda w: chain_train(LFM, w.chain),
         init=lambda w, input: opt("--init-from", input.init[0] if input.init else None),
-        out=lambda w: f"{RES}/2d/{w.dataset}/lfm/block_{w.n}",
+        out=lambda w: f"{lfm_dir(w.dataset, w.chain)}/block_{w.n}",
     threads: stage_threads("train")
     resources:
         **stage_resources("train", one_process=True),
@@ -125,29 +155,30 @@ rule lfm_train_block:
         "{CLI} lfm train-block --dataset {wildcards.dataset:q} --block {wildcards.n}"
         " --num-blocks {params.L[num_blocks]:q} --step-c {params.L[step_c]:q} --step-rho {params.L[step_rho]:q}"
         " --interpolant {params.L[interpolant]:q} --pool {input.pool:q} {params.init} --width {params.t[width]:q}"
-        " --depth {params.t[depth]:q} --steps {params.t[steps_per_block]:q} --batch-size {params.t[batch_size]:q}"
-        " --lr {params.t[lr]:q} --warmup-steps {params.t[warmup_steps]:q} --ema-gamma {params.t[ema_gamma]:q}"
-        " --checkpoint-every {params.t[checkpoint_every]:q} --seed {params.t[seed]:q} --threads {threads} --quiet"
-        " --out {params.out:q} > {log:q} 2>&1"
+        " --depth {params.t[depth]:q} --min-period {params.t[min_period]:q} --steps {params.t[steps_per_block]:q}"
+        " --batch-size {params.t[batch_size]:q} --lr {params.t[lr]:q} --warmup-steps {params.t[warmup_steps]:q}"
+        " --ema-gamma {params.t[ema_gamma]:q} --checkpoint-every {params.t[checkpoint_every]:q}"
+        " --seed {params.t[seed]:q} --threads {threads} --quiet --out {params.out:q} > {log:q} 2>&1"
 
 
 rule lfm_push:
     # pool_n = block n's pool pushed through it (t: 0 -> 1); pool_N (through the free block) feeds distillation only
     input:
-        weights=f"{RES}/2d/{{dataset}}/lfm/block_{{n}}/ema.safetensors",
-        pool=lambda w: f"{RES}/2d/{w.dataset}/lfm/pool_{int(w.n) - 1}.npz",
+        weights=f"{RES}/2d/{{dataset}}/{{chain}}/block_{{n}}/ema.safetensors",
+        pool=lambda w: f"{lfm_dir(w.dataset, w.chain)}/pool_{int(w.n) - 1}.npz",
     output:
-        pool=f"{RES}/2d/{{dataset}}/lfm/pool_{{n}}.npz",
-        record=f"{RES}/2d/{{dataset}}/lfm/pool_{{n}}.json",
+        pool=f"{RES}/2d/{{dataset}}/{{chain}}/pool_{{n}}.npz",
+        record=f"{RES}/2d/{{dataset}}/{{chain}}/pool_{{n}}.json",
     wildcard_constraints:
         n=r"[1-9]\d*",
+        chain=LFM_CHAINS,
     log:
-        f"{RES}/logs/lfm/push_{{dataset}}_block{{n}}.log",
+        f"{RES}/logs/{{chain}}/push_{{dataset}}_block{{n}}.log",
     benchmark:
-        f"{RES}/benchmarks/lfm/push_{{dataset}}_block{{n}}.tsv"
+        f"{RES}/benchmarks/{{chain}}/push_{{dataset}}_block{{n}}.tsv"
     params:
         p=lambda w: LFM["push"],
-        block=lambda w: f"{RES}/2d/{w.dataset}/lfm/block_{w.n}",
+        block=lambda w: f"{lfm_dir(w.dataset, w.chain)}/block_{w.n}",
     threads: stage_threads("sample")
     resources:
         **stage_resources("sample"),
@@ -162,23 +193,24 @@ rule lfm_push:
 rule lfm_distill:
     # teacher pairs (pool_n, pool_{n-1}) are block n's dopri5 flow on its pool: no extra teacher solves
     input:
-        weights=f"{RES}/2d/{{dataset}}/lfm/block_{{n}}/ema.safetensors",
-        pool_in=lambda w: f"{RES}/2d/{w.dataset}/lfm/pool_{int(w.n) - 1}.npz",
-        pool_out=f"{RES}/2d/{{dataset}}/lfm/pool_{{n}}.npz",
+        weights=f"{RES}/2d/{{dataset}}/{{chain}}/block_{{n}}/ema.safetensors",
+        pool_in=lambda w: f"{lfm_dir(w.dataset, w.chain)}/pool_{int(w.n) - 1}.npz",
+        pool_out=f"{RES}/2d/{{dataset}}/{{chain}}/pool_{{n}}.npz",
     output:
-        weights=f"{RES}/2d/{{dataset}}/lfm/student_{{n}}/student.safetensors",
-        spec=f"{RES}/2d/{{dataset}}/lfm/student_{{n}}/run.json",
+        weights=f"{RES}/2d/{{dataset}}/{{chain}}/student_{{n}}/student.safetensors",
+        spec=f"{RES}/2d/{{dataset}}/{{chain}}/student_{{n}}/run.json",
     wildcard_constraints:
         n=r"[1-9]\d*",
+        chain=LFM_CHAINS,
     log:
-        f"{RES}/logs/lfm/distill_{{dataset}}_block{{n}}.log",
+        f"{RES}/logs/{{chain}}/distill_{{dataset}}_block{{n}}.log",
     benchmark:
-        f"{RES}/benchmarks/lfm/distill_{{dataset}}_block{{n}}.tsv"
+        f"{RES}/benchmarks/{{chain}}/distill_{{dataset}}_block{{n}}.tsv"
     params:
         d=lambda w: LFM["distill"],
-        seed=lambda w: LFM["train"]["seed"],
-        block=lambda w: f"{RES}/2d/{w.dataset}/lfm/block_{w.n}",
-        out=lambda w: f"{RES}/2d/{w.dataset}/lfm/student_{w.n}",
+        seed=lambda w: chain_train(LFM, w.chain)["seed"],
+        block=lambda w: f"{lfm_dir(w.dataset, w.chain)}/block_{w.n}",
+        out=lambda w: f"{lfm_dir(w.dataset, w.chain)}/student_{w.n}",
     threads: stage_threads("train")
     resources:
         **stage_resources("train", one_process=True),
@@ -197,18 +229,19 @@ rule lfm_sample:
         chain=lfm_chain_weights,
         reference=f"{RES}/2d/{{dataset}}/reference_seed{{seed}}.npz",
     output:
-        samples=f"{RES}/2d/{{dataset}}/lfm/samples/{{lfm_solver}}_{{setting}}_seed{{seed}}.npz",
-        metrics=f"{RES}/2d/{{dataset}}/lfm/metrics/{{lfm_solver}}_{{setting}}_seed{{seed}}.csv",
+        samples=f"{RES}/2d/{{dataset}}/{{chain}}/samples/{{lfm_solver}}_{{setting}}_seed{{seed}}.npz",
+        metrics=f"{RES}/2d/{{dataset}}/{{chain}}/metrics/{{lfm_solver}}_{{setting}}_seed{{seed}}.csv",
     wildcard_constraints:
         lfm_solver="|".join(LFM_SOLVERS),
         setting=r"nfe\d+|tol[0-9.e+-]+",
+        chain=LFM_CHAINS,
     log:
-        f"{RES}/logs/lfm/sample_{{dataset}}_{{lfm_solver}}_{{setting}}_seed{{seed}}.log",
+        f"{RES}/logs/{{chain}}/sample_{{dataset}}_{{lfm_solver}}_{{setting}}_seed{{seed}}.log",
     benchmark:
-        f"{RES}/benchmarks/lfm/sample_{{dataset}}_{{lfm_solver}}_{{setting}}_seed{{seed}}.tsv"
+        f"{RES}/benchmarks/{{chain}}/sample_{{dataset}}_{{lfm_solver}}_{{setting}}_seed{{seed}}.tsv"
     params:
         s=lambda w: LFM["sample"],
-        chain=lambda w: lfm_chain(w.dataset, w.lfm_solver),
+        chain=lambda w: lfm_chain(w.dataset, w.lfm_solver, w.chain),
         opts=lfm_solver_options,
     threads: stage_threads("sample")
     resources:
@@ -216,7 +249,8 @@ rule lfm_sample:
     conda:
         ENV
     shell:
-        "{CLI} lfm sample --blocks {params.chain:q} --solver {wildcards.lfm_solver:q} {params.opts}"
+        "{CLI} lfm sample --blocks {params.chain:q} --run {wildcards.chain:q} --solver {wildcards.lfm_solver:q}"
+        " {params.opts}"
         " --num-samples {params.s[num_samples]:q} --block-size {params.s[block_size]:q} --seed {wildcards.seed}"
         " --reference {input.reference:q} --knn-points {params.s[knn_points]:q} --threads {threads} --quiet"
         " --metrics-out {output.metrics:q} --out {output.samples:q} > {log:q} 2>&1"
@@ -224,24 +258,27 @@ rule lfm_sample:
 
 rule lfm_nll:
     input:
-        chain=lambda w: [f"{d}/ema.safetensors" for d in lfm_chain(w.dataset, "block")],
+        chain=lambda w: [f"{d}/ema.safetensors" for d in lfm_chain(w.dataset, "block", w.chain)],
         reference=f"{RES}/2d/{{dataset}}/reference_seed{{seed}}.npz",
     output:
-        f"{RES}/2d/{{dataset}}/lfm/metrics/nll_seed{{seed}}.csv",
+        f"{RES}/2d/{{dataset}}/{{chain}}/metrics/nll_seed{{seed}}.csv",
+    wildcard_constraints:
+        chain=LFM_CHAINS,
     log:
-        f"{RES}/logs/lfm/nll_{{dataset}}_seed{{seed}}.log",
+        f"{RES}/logs/{{chain}}/nll_{{dataset}}_seed{{seed}}.log",
     benchmark:
-        f"{RES}/benchmarks/lfm/nll_{{dataset}}_seed{{seed}}.tsv"
+        f"{RES}/benchmarks/{{chain}}/nll_{{dataset}}_seed{{seed}}.tsv"
     params:
         n=lambda w: LFM["nll"],
-        chain=lambda w: lfm_chain(w.dataset, "block"),
+        chain=lambda w: lfm_chain(w.dataset, "block", w.chain),
     threads: stage_threads("evaluate")
     resources:
         **stage_resources("evaluate"),
     conda:
         ENV
     shell:
-        "{CLI} lfm nll --blocks {params.chain:q} --reference {input.reference:q} --num-points {params.n[num_points]:q}"
+        "{CLI} lfm nll --blocks {params.chain:q} --run {wildcards.chain:q} --reference {input.reference:q}"
+        " --num-points {params.n[num_points]:q}"
         " --method {params.n[method]:q} --num-steps {params.n[num_steps]:q} --tol {params.n[tol]:q}"
         " --seed {wildcards.seed} --threads {threads} --out {output:q} > {log:q} 2>&1"
 

@@ -65,6 +65,46 @@ rule report_2d:
         " --html {output.html:q} -p results {params.results:q} -p histogram_nfe {params.nfe:q} > {log:q} 2>&1"
 
 
+def bandwidth_inputs():
+    """Inputs of the bandwidth table: the 2D sample-set metrics, every LFM chain's metrics and NLL and the flow
+    matching runs' NLL (lfm.smk), and the records that hold each network's min_period."""
+    runs = [f"{RES}/2d/{d}/{run}" for d, runs in TOY["experiments"].items() for run in runs]
+    metrics = [f for f in metric_files_2d() if "/reference/" not in f]
+    chains = []
+    if LFM is not None:
+        for chain in chains_2d(LFM):
+            metrics += lfm_metric_files(chain, flow_runs=chain == MAIN_CHAIN_2D)
+        chains = [c for d in LFM["datasets"] for c in lfm_chain_dirs_2d(d)]
+    specs = [f"{r}/run.json" for r in runs] + [f"{c}/block_{n}/run.json" for c in chains for n in lfm_blocks()]
+    return dict(metrics=metrics, specs=specs, runs=runs, chains=chains)
+
+
+rule bandwidth_2d:
+    # position-feature bandwidth (min_period) beside TV and exact NLL, per dataset, run or chain, solver
+    input:
+        metrics=lambda w: bandwidth_inputs()["metrics"],
+        specs=lambda w: bandwidth_inputs()["specs"],
+        script=f"{ROOT}/workflow/scripts/bandwidth_2d.py",
+    output:
+        f"{RES}/tables/bandwidth_2d.csv",
+    log:
+        f"{RES}/logs/report/bandwidth_2d.log",
+    params:
+        runs=lambda w: bandwidth_inputs()["runs"],
+        chains=lambda w: bandwidth_inputs()["chains"],
+        nfe=lambda w: TOY["sample"]["nfe"],
+    threads: stage_threads("report")
+    resources:
+        **stage_resources("report"),
+    conda:
+        ENV
+    benchmark:
+        f"{RES}/benchmarks/bandwidth_2d/job.tsv"
+    shell:
+        "{PY} {input.script:q} --metrics {input.metrics:q} --runs {params.runs:q} --chains {params.chains:q}"
+        " --nfe {params.nfe} --out {output:q} > {log:q} 2>&1"
+
+
 rule table_images:
     input:
         lambda w: image_metric_files(),

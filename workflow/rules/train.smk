@@ -14,6 +14,7 @@ rule train_2d:
         K=lambda w: TOY["runs"][w.run].get("K", 1),
         trans_ratio=lambda w: run_option(w.run, "trans_ratio"),
         seed=lambda w: run_option(w.run, "seed"),
+        min_period=lambda w: run_option(w.run, "min_period"),
         t=lambda w: TOY["train"],
         out=lambda w: f"{RES}/2d/{w.dataset}/{w.run}",
     threads: stage_threads("train")
@@ -24,11 +25,11 @@ rule train_2d:
     shell:
         "{TRAIN} 2d train --dataset {wildcards.dataset:q} --method {params.method:q} --num-components {params.K:q}"
         " --trans-ratio {params.trans_ratio:q} --network {params.t[network]:q} --width {params.t[width]:q}"
-        " --depth {params.t[depth]:q} --steps {params.t[steps]:q} --batch-size {params.t[batch_size]:q}"
-        " --lr {params.t[lr]:q} --warmup-steps {params.t[warmup_steps]:q} --ema-gamma {params.t[ema_gamma]:q}"
-        " --weight-scale {params.t[weight_scale]:q} --time-sampler {params.t[time_sampler]:q}"
-        " --checkpoint-every {params.t[checkpoint_every]:q} --seed {params.seed:q} --threads {threads} {DEVICE}"
-        " --out {params.out:q} > {log:q} 2>&1"
+        " --depth {params.t[depth]:q} --min-period {params.min_period:q} --steps {params.t[steps]:q}"
+        " --batch-size {params.t[batch_size]:q} --lr {params.t[lr]:q} --warmup-steps {params.t[warmup_steps]:q}"
+        " --ema-gamma {params.t[ema_gamma]:q} --weight-scale {params.t[weight_scale]:q}"
+        " --time-sampler {params.t[time_sampler]:q} --checkpoint-every {params.t[checkpoint_every]:q}"
+        " --seed {params.seed:q} --threads {threads} {DEVICE} --out {params.out:q} > {log:q} 2>&1"
 
 
 rule train_images:

@@ -9,8 +9,8 @@ files of earlier runs are left out) per stage and writes
 - ``--out`` with ``.json``: the run's wall time (``--wall-seconds``), the cores, the summed job and CPU times and
   the CPU utilisation, CPU seconds / (wall seconds x cores): how busy the cores were.
 
-The LFM folders hold several stages (``lfm/train_*``, ``lfm/push_*``, ...): their stage is the folder plus the file
-name's first word (``lfm/train``).
+The LFM folders hold several stages (``lfm/train_*``, ``lfm/push_*``, ...; also those of the 2D chains of
+``lfm.chains``, ``lfm-{name}/...``): their stage is the folder plus the file name's first word (``lfm/train``).
 
 Example (scripts/run_workflow.sh does this after a successful run):
     python workflow/scripts/workflow_time.py --results results --since 1764700000 --wall-seconds 3412 --cores 2 \\
@@ -23,17 +23,19 @@ import argparse
 import csv
 import json
 import os
+import re
 import sys
 from collections import defaultdict
 from pathlib import Path
 
 SPLIT_FOLDERS = ("lfm", "lfm_images")  # folders whose file names start with the stage
+CHAIN_FOLDER = re.compile(r"lfm-[A-Za-z0-9-]+")  # the 2D chains of lfm.chains (their pools: lfm-{name}_pool)
 
 
 def stage_of(path: Path, root: Path) -> str:
     """``train_images`` for ``benchmarks/train_images/x.tsv``; ``lfm/push`` for ``benchmarks/lfm/push_x.tsv``."""
     folder = path.parent.relative_to(root).as_posix()
-    if folder in SPLIT_FOLDERS:
+    if folder in SPLIT_FOLDERS or CHAIN_FOLDER.fullmatch(folder):
         return f"{folder}/{path.stem.split('_', 1)[0]}"
     return folder
 

@@ -36,6 +36,7 @@ import torch
 from gmflow.experiments.lfm.chain import (
     FIXED_STEP_SOLVERS,
     METHOD,
+    RUN,
     build_block_net,
     chain_nll,
     chain_training_cost,
@@ -56,14 +57,18 @@ from gmflow.harness.argtypes import args_record as _args
 from gmflow.harness.datasets import dataset_info
 from gmflow.harness.runs import network_spec
 
+NETWORK_KEYS = ("network", "width", "depth", "min_period", "sample_shape", "num_classes")
+"""The network fields of a block's run.json, carried into its students' (each is rebuilt from its own run.json)."""
+
 
 def _net_spec(a, info) -> dict:
-    """The network part of a block's run.json: the dataset's network (the 2D MLP's width and depth; the DiT variant
-    named by --network), with the velocity head."""
+    """The network part of a block's run.json: the dataset's network (the 2D MLP's width, depth and min_period; the
+    DiT variant named by --network), with the velocity head."""
     if a.network is None and len(info.networks) > 1:
         raise ValueError(f"dataset {a.dataset!r} needs --network, one of {list(info.networks)}")
-    spec = network_spec(a.dataset, a.network or info.networks[0], "fm", 0, width=a.width, depth=a.depth)
-    return {k: spec[k] for k in ("network", "width", "depth", "sample_shape", "num_classes") if k in spec}
+    spec = network_spec(a.dataset, a.network or info.networks[0], "fm", 0, width=a.width, depth=a.depth,
+                        min_period=a.min_period)
+    return {k: spec[k] for k in NETWORK_KEYS if k in spec}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -265,6 +270,8 @@ def cmd_nll(a) -> None:
 
     torch.set_num_threads(a.threads)
     if a.flow_run:  # a flow-matching run is one free block with the linear interpolant (local time = sigma)
+        if a.run is not None:
+            raise ValueError(f"--run {a.run} names a chain of --blocks; a --flow-run is named by its folder: drop it")
         net, _, spec = load_run(a.flow_run)
         if spec["method"] != "fm":
             raise ValueError(f"{a.flow_run} is a {spec['method']!r} run; --flow-run takes a flow-matching run")
@@ -276,7 +283,7 @@ def cmd_nll(a) -> None:
         specs = [s for _, s in loaded]
         check_chain(specs)
         chain, dataset = [n for n, _ in loaded], specs[0]["dataset"]
-        rec = table_record(specs, {})
+        rec = table_record(specs, {}, a.run or RUN)
     ds = get_dataset_2d(dataset)
     if not hasattr(ds, "log_prob"):
         raise ValueError(f"dataset {ds.name!r} has no exact log-density: its NLL gap cannot be computed")
@@ -335,7 +342,7 @@ def cmd_distill(a) -> None:
     cfg = StudentTrainConfig(steps=a.steps, batch_size=a.batch_size, lr=a.lr, warmup_steps=a.warmup_steps,
                              seed=a.seed)
     record = train_student(net, x_noisy, x_data, first, cfg, a.out, progress=not a.quiet, labels=labels)
-    keep = ("network", "dataset", "num_blocks", "interpolant", "width", "depth", "sample_shape", "num_classes")
+    keep = (*NETWORK_KEYS, "dataset", "num_blocks", "interpolant")
     out = {**{k: spec[k] for k in keep if k in spec}, "block": first, "last_block": last,
            "h": [s["h"] for s in specs], "method": METHOD, "kind": "student",
            "teacher_steps": int(sum(s["steps"] for s in specs)),

@@ -23,6 +23,23 @@ def sample_settings(lfm: dict) -> list[tuple[str, str]]:
     return out
 
 
+MAIN_CHAIN_2D = "lfm"
+"""The 2D chain trained with ``lfm.train`` as given (folder ``{results}/2d/{dataset}/lfm``, tables/lfm_2d.csv); the
+chains of ``lfm.chains`` (``lfm-{name}``) override some of its settings, each in its own folder."""
+
+
+def chains_2d(lfm: dict) -> list[str]:
+    """The 2D chains: the main chain, then those of ``lfm.chains``."""
+    return [MAIN_CHAIN_2D, *lfm.get("chains", {})]
+
+
+def chain_train(lfm: dict, chain: str) -> dict:
+    """The training settings of a 2D chain: ``lfm.train`` with the chain's overrides (``lfm.chains.{chain}``)."""
+    if chain not in chains_2d(lfm):
+        raise ValueError(f"{chain!r} is not a 2D LFM chain of the config (chains: {chains_2d(lfm)})")
+    return {**lfm["train"], **lfm.get("chains", {}).get(chain, {})}
+
+
 def check_lfm_config(config: dict) -> None:
     """Raise :class:`ConfigError` if the ``lfm`` section cannot run as configured."""
     lfm = config["lfm"]
@@ -36,12 +53,21 @@ def check_lfm_config(config: dict) -> None:
     if not sample_settings(lfm):
         raise ConfigError("config error at 'lfm.sample': no sampler configured (euler, heun and dopri5_tol are empty "
                           "and lfm.distill.steps is 0); give at least one")
-    pool_seed = POOL_STREAM + lfm["train"]["seed"]
-    for where, seeds in (("toy.sample.seeds", toy["sample"]["seeds"]), ("lfm.sample.seeds", lfm["sample"]["seeds"])):
-        clash = sorted(s for s in seeds if pool_seed in (s, s + 5000))
-        if clash:
-            raise ConfigError(f"config error at '{where}': seeds {clash} draw the same data stream as the LFM "
-                              f"training pool (prepare-data --seed {pool_seed}); use other seeds")
+    if config.get("report", {}).get("bandwidth_2d"):
+        totals = sorted({lfm["num_blocks"] * k for solver in ("euler", "heun") for k in lfm["sample"][solver]})
+        if not set(totals) & set(toy["sample"]["nfe"]):
+            raise ConfigError(f"config error at 'lfm.sample': report.bandwidth_2d compares TV at toy.sample.nfe = "
+                              f"{toy['sample']['nfe']}, but the LFM chains are sampled at {totals} NFE (num_blocks "
+                              "x the euler / heun settings per block); make at least one of them equal")
+    for chain in chains_2d(lfm):
+        pool_seed = POOL_STREAM + chain_train(lfm, chain)["seed"]
+        for where, seeds in (("toy.sample.seeds", toy["sample"]["seeds"]),
+                             ("lfm.sample.seeds", lfm["sample"]["seeds"])):
+            clash = sorted(s for s in seeds if pool_seed in (s, s + 5000))
+            if clash:
+                raise ConfigError(f"config error at '{where}': seeds {clash} draw the same data stream as the "
+                                  f"training pool of LFM chain {chain!r} (prepare-data --seed {pool_seed}); use other "
+                                  "seeds")
 
 
 # ---------------------------------------------------------------------------------------------------------------------

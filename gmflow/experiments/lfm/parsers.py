@@ -9,6 +9,7 @@ from gmflow.experiments.lfm.chain import RUN, SAMPLE_SOLVERS
 from gmflow.harness.argtypes import nonneg_int as _nonneg_int
 from gmflow.harness.argtypes import positive_float as _positive_float
 from gmflow.harness.argtypes import positive_int as _positive_int
+from gmflow.harness.argtypes import ranged
 
 
 def add_parsers(sub, fmt) -> None:
@@ -36,6 +37,8 @@ def add_parsers(sub, fmt) -> None:
     s.add_argument("--network", default=None, help="image datasets: the DiT variant (velocity head)")
     s.add_argument("--width", type=_positive_int, default=256, help="2D MLP width")
     s.add_argument("--depth", type=_positive_int, default=3, help="2D MLP depth")
+    s.add_argument("--min-period", type=ranged("min_period"), default=None,
+                   help="2D MLP: finest period of the position features, in (0, 50); default the paper's 0.005")
     s.add_argument("--label-dropout", type=float, default=0.1, help="images: probability of the null class")
     s.add_argument("--grad-clip", type=float, default=0.0, help="gradient-norm clip; 0 = off")
     s.add_argument("--steps", type=_positive_int, default=667)
@@ -106,6 +109,8 @@ def add_parsers(sub, fmt) -> None:
     g = s.add_mutually_exclusive_group(required=True)
     g.add_argument("--blocks", nargs="+", help="block folders of blocks 1..N, block 1 first")
     g.add_argument("--flow-run", help="instead: a flow-matching run folder (one flow over sigma 0 -> 1), to compare")
+    s.add_argument("--run", default=None, help=f"--blocks: the chain's name in the tables (default {RUN!r}); a "
+                   "--flow-run is named by its folder")
     s.add_argument("--reference", required=True, help="exact data sample (held out from the training pool)")
     s.add_argument("--num-points", type=_positive_int, default=2000, help="the reference's first points")
     s.add_argument("--num-steps", type=_positive_int, default=10,

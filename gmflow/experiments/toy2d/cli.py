@@ -1,10 +1,12 @@
 """``gmflow-bench 2d ...``: the stages of the 2D experiment.
 
-Example (the checkerboard with GMFlow, K = 64, then GM-ODE 2 at 4 NFE)::
+Example (the checkerboard with GMFlow, K = 64, then GM-ODE 2 at 4 NFE; the second run is flow matching with coarser
+position features, docs/method.md, Sec. 2.4)::
 
     gmflow-bench 2d prepare-data --dataset checkerboard --num-samples 50000 --out results/2d/checkerboard/reference.npz
     gmflow-bench 2d train --dataset checkerboard --method gmflow --num-components 64 --steps 6000 \\
         --out results/2d/checkerboard/gm-k64
+    gmflow-bench 2d train --dataset checkerboard --method fm --min-period 0.1 --out results/2d/checkerboard/fm-mp0p1
     gmflow-bench 2d sample --run-dir results/2d/checkerboard/gm-k64 --solver gm-ode-2 --nfe 4 \\
         --out results/2d/checkerboard/gm-k64/samples/gm-ode-2_nfe4_gnone_seed0.npz
     gmflow-bench 2d evaluate --samples results/2d/checkerboard/gm-k64/samples/gm-ode-2_nfe4_gnone_seed0.npz \\
@@ -27,8 +29,10 @@ from gmflow.harness.argtypes import (
     args_record,
     nonneg_int,
     positive_int,
+    ranged,
     train_config,
 )
+from gmflow.harness.mlp2d import MIN_PERIOD
 
 
 def cmd_prepare_data(a) -> None:
@@ -46,7 +50,8 @@ def cmd_train(a) -> None:
 
     torch.set_num_threads(a.threads)
     cfg = train_config(a)
-    spec = network_spec(a.dataset, a.network, a.method, a.num_components, width=a.width, depth=a.depth)
+    spec = network_spec(a.dataset, a.network, a.method, a.num_components, width=a.width, depth=a.depth,
+                        min_period=a.min_period)
     io.check_output_path(Path(a.out) / "run.json")
     device, group = launch(a.device)
     record = train_2d(spec, cfg, a.out, progress=not a.quiet, device=device, group=group)
@@ -111,6 +116,9 @@ def add_parsers(sub, fmt) -> None:
     s.add_argument("--network", choices=registry.NETWORKS_2D, default="mlp2d")
     s.add_argument("--width", type=positive_int, default=256, help="MLP width")
     s.add_argument("--depth", type=positive_int, default=3, help="MLP depth")
+    s.add_argument("--min-period", type=ranged("min_period"), default=MIN_PERIOD,
+                   help="finest period of the MLP's position features, in (0, 50) (the paper's 0.005; coarser = "
+                   "smoother velocity fields)")
     add_training_args(s, steps=6000, batch_size=1024, lr=2e-4, warmup_steps=500, checkpoint_every=1000)
     s.set_defaults(func=cmd_train)
 

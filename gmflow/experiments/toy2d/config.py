@@ -20,10 +20,11 @@ def check_toy_config(config: dict) -> None:
                     raise ConfigError(
                         f"config error at 'toy.experiments.{dataset}.{run}': solver {solver!r} does not apply to "
                         f"method {method!r}; choose from {sorted(registry.APPLICABLE_SOLVERS[method])}")
+    chains = {"lfm", *config.get("lfm", {}).get("chains", {})}
     for run, spec in toy["runs"].items():
-        if run == "lfm":
-            raise ConfigError("config error at 'toy.runs.lfm': the name 'lfm' is the Local Flow Matching chain's "
-                              "folder (results/2d/{dataset}/lfm); rename the run")
+        if run in chains:
+            raise ConfigError(f"config error at 'toy.runs.{run}': the name {run!r} is a Local Flow Matching chain's "
+                              f"folder (results/2d/{{dataset}}/{run}; chains: 'lfm' and lfm.chains); rename the run")
         if spec["method"] == "gmflow" and "K" not in spec:
             raise ConfigError(f"config error at 'toy.runs.{run}': a gmflow run needs K (number of components)")
         if spec["method"] == "fm" and "K" in spec:
