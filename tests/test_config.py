@@ -152,3 +152,13 @@ def test_bad_run_seed_names_key_and_value(seed, key, value):
     with pytest.raises(ConfigError) as e:
         validate_config(cfg)
     assert f"'{key}'" in str(e.value) and value in str(e.value)
+
+
+def test_fairness_config_has_the_default_image_recipe():
+    """config/fairness.yaml writes into the default results folder and claims the default's paths and contents for the
+    points it shares: its image recipe must be the default's."""
+    fair, default = (validate_config(_load(n))["images"] for n in ("fairness", "config"))
+    for key in ("dataset", "data_root", "classifier", "reference", "train", "sample", "nll"):
+        assert fair[key] == default[key], f"images.{key} of config/fairness.yaml differs from config/config.yaml's"
+    for run in ("fm", "gm-k8"):
+        assert fair["runs"][run] == default["runs"][run], run
