@@ -52,6 +52,7 @@ rule classifier_images:
     params:
         c=lambda w: IMG["classifier"],
         root=lambda w: opt("--data-root", IMG["data_root"]),
+    priority: 40  # a long sequential chain or the inputs of many jobs: start it first
     threads: stage_threads("train")
     resources:
         **stage_resources("train", one_process=True),

@@ -113,6 +113,7 @@ rule lfm_pool:
     params:
         n=lambda w: LFM["pool_size"],
         stream=lambda w: POOL_STREAM + chain_train(LFM, w.chain)["seed"],
+    priority: 20  # a long sequential chain or the inputs of many jobs: start it first
     threads: stage_threads("data")
     resources:
         **stage_resources("data"),
@@ -146,6 +147,7 @@ rule lfm_train_block:
         t=lambda w: chain_train(LFM, w.chain),
         init=lambda w, input: opt("--init-from", input.init[0] if input.init else None),
         out=lambda w: f"{lfm_dir(w.dataset, w.chain)}/block_{w.n}",
+    priority: 20  # a long sequential chain or the inputs of many jobs: start it first
     threads: stage_threads("train")
     resources:
         **stage_resources("train", one_process=True),
@@ -179,6 +181,7 @@ rule lfm_push:
     params:
         p=lambda w: LFM["push"],
         block=lambda w: f"{lfm_dir(w.dataset, w.chain)}/block_{w.n}",
+    priority: 20  # a long sequential chain or the inputs of many jobs: start it first
     threads: stage_threads("sample")
     resources:
         **stage_resources("sample"),
@@ -271,6 +274,7 @@ rule lfm_nll:
     params:
         n=lambda w: LFM["nll"],
         chain=lambda w: lfm_chain(w.dataset, "block", w.chain),
+    priority: 20  # a long sequential chain or the inputs of many jobs: start it first
     threads: stage_threads("evaluate")
     resources:
         **stage_resources("evaluate"),

@@ -117,6 +117,7 @@ rule lfmi_pool:
     params:
         num_images=lambda w: opt("--num-images", LFMI["pool_size"]),
         root=lambda w: opt("--data-root", IMG["data_root"]),
+    priority: 50  # a long sequential chain or the inputs of many jobs: start it first
     threads: stage_threads("data")
     resources:
         **stage_resources("data"),
@@ -149,6 +150,7 @@ rule lfmi_train_block:
         steps=lambda w: chain_total_steps(w.chain, IMG) // LFMI["num_blocks"],
         init=lambda w, input: opt("--init-from", input.init[0] if input.init else None),
         out=lambda w: f"{lfmi_dir(w)}/block_{w.n}",
+    priority: 50  # a long sequential chain or the inputs of many jobs: start it first
     threads: stage_threads("train")
     resources:
         **stage_resources("train", one_process=True),
@@ -182,6 +184,7 @@ rule lfmi_push:
         p=lambda w: lfmi_push_settings(w),
         opts=lambda w: lfmi_push_opts(lfmi_push_settings(w)),
         block=lambda w: f"{lfmi_dir(w)}/block_{w.n}",
+    priority: 50  # a long sequential chain or the inputs of many jobs: start it first
     threads: stage_threads("sample")
     resources:
         **stage_resources("sample"),
@@ -213,6 +216,7 @@ rule lfmi_distill:
         seed=lambda w: IMG["train"]["seed"],
         blocks=lambda w: [f"{lfmi_dir(w)}/block_{n}" for n in range(lfmi_group(w)[0], lfmi_group(w)[1] + 1)],
         out=lambda w: f"{lfmi_dir(w)}/student_{w.first}{w.last}",
+    priority: 50  # a long sequential chain or the inputs of many jobs: start it first
     threads: stage_threads("train")
     resources:
         **stage_resources("train", one_process=True),

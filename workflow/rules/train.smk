@@ -63,6 +63,7 @@ rule train_images:
         snapshots=lambda w: shlex.join(["--snapshot-steps", *map(str, IMG["train"]["snapshot_steps"])])
         if IMG["train"]["snapshot_steps"] else "",
         out=lambda w: f"{RES}/images/{w.dataset}/{w.run}",
+    priority: 40  # a long sequential chain or the inputs of many jobs: start it first
     threads: stage_threads("train")
     resources:
         **stage_resources("train"),
