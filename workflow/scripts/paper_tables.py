@@ -4,20 +4,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-import pandas as pd
-
 from gmflow.experiments.images.claims import build_tables
 from gmflow.experiments.images.points import load_images, load_published
-
-
-def _save(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+from gmflow.harness import io
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -34,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(f"error: {f} does not exist; {how}")
     out = build_tables(load_images(images), load_published(published))
     for name, t in out.items():
-        _save(t, tables / f"{name}.csv")
+        io.save_csv(t, tables / f"{name}.csv")
         print(f"{tables / name}.csv: {len(t)} rows")
 
 

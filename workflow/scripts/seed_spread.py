@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 from pathlib import Path
 
 from gmflow.experiments.images.points import load_images
 from gmflow.experiments.images.seed_spread import seed_spread
+from gmflow.harness import io
 
 
 def run_seed(text: str) -> tuple[str, int]:
@@ -38,9 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     seeds = {run: seed for pair in a.twin for run, seed in pair}
     t = seed_spread(load_images(a.table), twins, seeds)
     out = Path(a.out)
-    tmp = out.with_name(f".{out.name}.tmp")
-    t.to_csv(tmp, index=False)
-    os.replace(tmp, out)
+    io.save_csv(t, out)
     print(f"{out}: {len(t)} rows ({', '.join(f'{k} {v}' for k, v in t['comparison'].value_counts().items())})")
 
 

@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 import pandas as pd
 
 from gmflow.experiments.images.table5 import table5
+from gmflow.harness import io
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -26,9 +26,7 @@ def main(argv: list[str] | None = None) -> None:
                  "(rule published_numbers)")
     t = table5(pd.read_csv(images) if images.is_file() else None, pd.read_csv(published))
     out = tables / "table5_cifar10.csv"
-    tmp = out.with_name(f".{out.name}.tmp")
-    t.to_csv(tmp, index=False)
-    os.replace(tmp, out)
+    io.save_csv(t, out)
     print(f"{out}: {len(t)} rows, {int((t.status == 'ours').sum())} of ours")
 
 
