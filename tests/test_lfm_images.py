@@ -41,6 +41,7 @@ STEPS, BATCH = 20, 32
 DISTILL_STEPS = 10
 NUM_CLASSES = 10
 SHAPE = (1, 8, 8)
+PATCH = 4  # the chain's DiT patch size, overriding the variant's 2 as the image runs' patch_size does
 
 
 def _run(*argv):
@@ -49,7 +50,8 @@ def _run(*argv):
 
 def _train(root, n):
     init = ["--init-from", root / f"block_{n - 1}" / "ema.safetensors"] if n > 1 else []
-    _run("lfm", "train-block", "--dataset", "digits", "--network", "dit-digits-tiny", "--block", n, "--num-blocks", N,
+    _run("lfm", "train-block", "--dataset", "digits", "--network", "dit-digits-tiny", "--patch-size", PATCH, "--block", n,
+         "--num-blocks", N,
          "--step-c", 0.1, "--step-rho", 1.5, "--pool", root / f"pool_{n - 1}.npz", *init, "--steps", STEPS,
          "--batch-size", BATCH, "--warmup-steps", 5, "--grad-clip", 10, "--quiet", "--out", root / f"block_{n}")
 
@@ -130,6 +132,28 @@ def test_image_pool_larger_than_the_training_split_is_refused(tmp_path, capsys):
                      str(tmp_path / "p.npz")]) == 2
     assert "--num-images 100000" in capsys.readouterr().err
     assert not (tmp_path / "p.npz").exists()
+
+
+def test_blocks_and_students_keep_the_dit_shape_overrides(chain):
+    """--patch-size reaches every block's network and its run.json, and every student (rebuilt from its run.json)
+    and every loaded block has the same shape: (8 / 4)^2 = 4 tokens, not the variant's 16."""
+    nets = [lfm_chain.load_block(b)[0] for b in _blocks(chain)]
+    nets += [lfm_chain.load_student(s)[0] for s in _students(chain)]
+    for folder in [*_blocks(chain), *_students(chain)]:
+        assert _json(folder / "run.json")["patch_size"] == PATCH
+    for net in nets:
+        assert isinstance(net, DiT) and net.config.patch_size == PATCH and net.config.width == 32
+        assert net(torch.zeros(2, *SHAPE), torch.zeros(2), torch.zeros(2, dtype=torch.long)).shape == (2, *SHAPE)
+    variant = lfm_chain.build_block_net({**_json(chain / "block_1" / "run.json"), "patch_size": None})
+    assert variant.config.patch_size == 2 and sum(p.numel() for p in variant.parameters()) != sum(
+        p.numel() for p in nets[0].parameters())
+
+
+def test_dit_overrides_are_refused_for_the_2d_mlp(tmp_path, capsys):
+    np.savez(tmp_path / "pool_0.npz", x=np.zeros((10, 2), np.float32))
+    assert cli.main(["lfm", "train-block", "--dataset", "gmm2d", "--block", "1", "--num-blocks", "2", "--pool",
+                     str(tmp_path / "pool_0.npz"), "--patch-size", "4", "--out", str(tmp_path / "b")]) == 2
+    assert "--patch-size" in capsys.readouterr().err and not (tmp_path / "b").exists()
 
 
 def test_pushes_carry_the_labels_and_count_the_configured_nfe(chain):

@@ -99,10 +99,11 @@ def test_bad_resources_are_refused(bad, key):
         validate_config(_ci_config(**bad))
 
 
-def _dry_run(tmp_path, resources):
-    """Jobs of a dry run of the CI config with this resources section: {rule: [(resources line, shell command)]}."""
+def _dry_run(tmp_path, resources, **sections):
+    """Jobs of a dry run of the CI config with this resources section (and other sections merged over the config's):
+    {rule: [(resources line, shell command)]}."""
     overlay = tmp_path / "overlay.yaml"
-    overlay.write_text(yaml.safe_dump({"results": str(tmp_path / "res ults"), "resources": resources}))
+    overlay.write_text(yaml.safe_dump({"results": str(tmp_path / "res ults"), "resources": resources, **sections}))
     cmd = [sys.executable, "-m", "snakemake", "-n", "-p", "--cores", "2", "--configfile", "config/ci.yaml",
            str(overlay)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -140,3 +141,14 @@ def test_one_process_keeps_the_plain_command(tmp_path):
     _, shell = jobs["train_2d"][0]
     assert re.match(r"PYTHONPATH=\S+:\$\{PYTHONPATH:-\} python -m gmflow.experiments.cli 2d train ", shell)
     assert all("slurm_partition" not in r and "slurm_account" not in r for js in jobs.values() for r, _ in js)
+
+
+def test_lfm_image_blocks_train_the_image_runs_network(tmp_path):
+    """The DiT shape overrides of images.train reach every image trainer: the flow-matching and GMFlow runs and each
+    Local Flow Matching block train one network (a block of another shape would be a different baseline)."""
+    jobs = _dry_run(tmp_path, {}, images={"train": {"patch_size": 4, "num_heads": 1}})
+    trainers = [shell for rule in ("train_images", "lfmi_train_block") for _, shell in jobs[rule]]
+    assert len(jobs["lfmi_train_block"]) >= 3 and len(jobs["train_images"]) >= 2
+    for shell in trainers:
+        assert " --network dit-digits-tiny " in shell and " --patch-size 4 " in shell and " --num-heads 1 " in shell
+        assert "--dit-depth" not in shell and "--dit-width" not in shell  # unset: the variant's

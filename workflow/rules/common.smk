@@ -68,6 +68,13 @@ def opt(flag, value):
 TRAIN = train_launcher()
 
 
+def dit_opts():
+    """The image runs' DiT shape overrides (images.train: patch_size, depth, width, num_heads) as CLI flags; the LFM
+    image blocks take the same, so every image method trains one network."""
+    flags = [("patch_size", "patch-size"), ("depth", "dit-depth"), ("width", "dit-width"), ("num_heads", "num-heads")]
+    return " ".join(opt(f"--{flag}", IMG["train"][key]) for key, flag in flags if IMG["train"].get(key) is not None)
+
+
 def official_runs():
     """Image runs imported from the authors' published snapshot (images.runs.{run}.official) instead of trained."""
     return [r for r, spec in (IMG or {}).get("runs", {}).items() if "official" in spec]

@@ -148,6 +148,7 @@ rule lfmi_train_block:
         L=lambda w: LFMI,
         t=lambda w: IMG["train"],
         steps=lambda w: chain_total_steps(w.chain, IMG) // LFMI["num_blocks"],
+        dit=lambda w: dit_opts(),
         init=lambda w, input: opt("--init-from", input.init[0] if input.init else None),
         out=lambda w: f"{lfmi_dir(w)}/block_{w.n}",
     priority: 50  # a long sequential chain or the inputs of many jobs: start it first
@@ -157,7 +158,8 @@ rule lfmi_train_block:
     conda:
         ENV
     shell:
-        "{CLI} lfm train-block --dataset {wildcards.dataset:q} --network {params.t[network]:q} --block {wildcards.n}"
+        "{CLI} lfm train-block --dataset {wildcards.dataset:q} --network {params.t[network]:q} {params.dit}"
+        " --block {wildcards.n}"
         " --num-blocks {params.L[num_blocks]:q} --step-c {params.L[step_c]:q} --step-rho {params.L[step_rho]:q}"
         " --interpolant {params.L[interpolant]:q} --pool {input.pool:q} {params.init} --steps {params.steps:q}"
         " --batch-size {params.t[batch_size]:q} --lr {params.t[lr]:q} --warmup-steps {params.t[warmup_steps]:q}"

@@ -51,12 +51,7 @@ rule train_images:
         trans_ratio=lambda w: image_run_option(w.run, "trans_ratio"),
         seed=lambda w: image_run_option(w.run, "seed"),
         t=lambda w: IMG["train"],
-        dit=lambda w: " ".join(
-            opt(f"--{flag}", IMG["train"][key])
-            for key, flag in [("patch_size", "patch-size"), ("depth", "dit-depth"), ("width", "dit-width"),
-                              ("num_heads", "num-heads")]
-            if IMG["train"][key] is not None
-        ),
+        dit=lambda w: dit_opts(),
         spectral=lambda w: "--spectral" if IMG["train"]["spectral"] and IMG["runs"][w.run]["method"] == "gmflow" else "",
         root=data_root_arg,
         ckpt=lambda w: "--grad-checkpointing" if IMG["train"]["grad_checkpointing"] else "",

@@ -57,17 +57,27 @@ from gmflow.harness.argtypes import args_record as _args
 from gmflow.harness.datasets import dataset_info
 from gmflow.harness.runs import network_spec
 
-NETWORK_KEYS = ("network", "width", "depth", "min_period", "sample_shape", "num_classes")
-"""The network fields of a block's run.json, carried into its students' (each is rebuilt from its own run.json)."""
+NETWORK_KEYS = ("network", "width", "depth", "min_period", "patch_size", "num_heads", "sample_shape", "num_classes")
+"""The network fields of a block's run.json, carried into its students' (each is rebuilt from its own run.json): the
+2D MLP's width, depth and min_period, or a DiT's overrides (patch_size, depth, width, num_heads; None = the
+variant's)."""
 
 
 def _net_spec(a, info) -> dict:
     """The network part of a block's run.json: the dataset's network (the 2D MLP's width, depth and min_period; the
-    DiT variant named by --network), with the velocity head."""
+    DiT variant named by --network with the image runs' shape overrides --patch-size, --dit-depth, --dit-width and
+    --num-heads), with the velocity head."""
     if a.network is None and len(info.networks) > 1:
         raise ValueError(f"dataset {a.dataset!r} needs --network, one of {list(info.networks)}")
-    spec = network_spec(a.dataset, a.network or info.networks[0], "fm", 0, width=a.width, depth=a.depth,
-                        min_period=a.min_period)
+    network = a.network or info.networks[0]
+    dit = {"patch_size": a.patch_size, "depth": a.dit_depth, "width": a.dit_width, "num_heads": a.num_heads}
+    given = sorted(f"--{k.replace('_', '-')}" for k, v in dit.items() if v is not None)
+    if network == "mlp2d":
+        if given:
+            raise ValueError(f"{given} set a DiT's shape; dataset {a.dataset!r} uses the 2D MLP (--width, --depth)")
+        spec = network_spec(a.dataset, network, "fm", 0, width=a.width, depth=a.depth, min_period=a.min_period)
+    else:
+        spec = network_spec(a.dataset, network, "fm", 0, min_period=a.min_period, dit=dit)
     return {k: spec[k] for k in NETWORK_KEYS if k in spec}
 
 

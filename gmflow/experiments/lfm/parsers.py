@@ -35,6 +35,11 @@ def add_parsers(sub, fmt) -> None:
     s.add_argument("--init-from", default=None, help="warm start: block n-1's ema.safetensors")
     s.add_argument("--interpolant", choices=sorted(INTERPOLANTS), default="linear")
     s.add_argument("--network", default=None, help="image datasets: the DiT variant (velocity head)")
+    s.add_argument("--patch-size", type=_positive_int, default=None,
+                   help="images: DiT patch size, as the image runs' (default: the variant's)")
+    s.add_argument("--dit-depth", type=_positive_int, default=None, help="images: DiT blocks (default: the variant's)")
+    s.add_argument("--dit-width", type=_positive_int, default=None, help="images: DiT hidden size (default: the variant's)")
+    s.add_argument("--num-heads", type=_positive_int, default=None, help="images: DiT heads (default: the variant's)")
     s.add_argument("--width", type=_positive_int, default=256, help="2D MLP width")
     s.add_argument("--depth", type=_positive_int, default=3, help="2D MLP depth")
     s.add_argument("--min-period", type=ranged("min_period"), default=None,
