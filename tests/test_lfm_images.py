@@ -50,10 +50,10 @@ def _run(*argv):
 
 def _train(root, n):
     init = ["--init-from", root / f"block_{n - 1}" / "ema.safetensors"] if n > 1 else []
-    _run("lfm", "train-block", "--dataset", "digits", "--network", "dit-digits-tiny", "--patch-size", PATCH, "--block", n,
-         "--num-blocks", N,
-         "--step-c", 0.1, "--step-rho", 1.5, "--pool", root / f"pool_{n - 1}.npz", *init, "--steps", STEPS,
-         "--batch-size", BATCH, "--warmup-steps", 5, "--grad-clip", 10, "--quiet", "--out", root / f"block_{n}")
+    _run("lfm", "train-block", "--dataset", "digits", "--network", "dit-digits-tiny", "--patch-size", PATCH, "--block",
+         n, "--num-blocks", N, "--step-c", 0.1, "--step-rho", 1.5, "--pool", root / f"pool_{n - 1}.npz", *init,
+         "--steps", STEPS, "--batch-size", BATCH, "--warmup-steps", 5, "--grad-clip", 10, "--quiet", "--out",
+         root / f"block_{n}")
 
 
 def _push(root, block, pool, out):

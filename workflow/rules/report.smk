@@ -241,6 +241,7 @@ rule bench_images:
         net=lambda w: IMG["train"]["network"],
         batch=lambda w: IMG["train"]["batch_size"],
         block=lambda w: IMG["sample"]["block_size"],
+        dit=lambda w: dit_opts(),
     threads: all_cores()
     resources:
         **stage_resources("report"),
@@ -250,11 +251,11 @@ rule bench_images:
     benchmark:
         f"{RES}/benchmarks/bench_images/job.tsv"
     shell:
-        "({PY} {ROOT}/workflow/scripts/bench_dit.py --variant {params.net:q} --batch {params.batch:q} --threads 1"
-        " --out {output.dit:q}"
-        " && {PY} {ROOT}/workflow/scripts/bench_dit.py --variant {params.net:q} --batch {params.batch:q} --threads 1"
-        " --spectral --out {output.dit_spectral:q}"
-        " && {PY} {ROOT}/workflow/scripts/bench_gm_overhead.py --variant {params.net:q} --batch {params.block:q}"
+        "({PY} {ROOT}/workflow/scripts/bench_dit.py --variant {params.net:q} {params.dit} --batch {params.batch:q}"
+        " --threads 1 --out {output.dit:q}"
+        " && {PY} {ROOT}/workflow/scripts/bench_dit.py --variant {params.net:q} {params.dit} --batch {params.batch:q}"
+        " --threads 1 --spectral --out {output.dit_spectral:q}"
+        " && {PY} {ROOT}/workflow/scripts/bench_gm_overhead.py --variant {params.net:q} {params.dit} --batch {params.block:q}"
         " --nfe 6 --threads 1 --out {output.overhead:q}) > {log:q} 2>&1"
 
 

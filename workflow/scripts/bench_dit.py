@@ -24,7 +24,7 @@ import time
 import torch
 
 from baselines.fm import fm_loss, fm_pair
-from gmflow.harness.dit import DIT_VARIANTS, build_dit, count_parameters
+from gmflow.harness.dit import DIT_VARIANTS, add_shape_arguments, build_dit, count_parameters, shape_overrides
 from gmflow.loss import sample_transition_pair, transition_loss
 from gmflow.spectral import SpectrumMLP, spectral_training_loss
 
@@ -82,6 +82,7 @@ def main() -> None:
     p.add_argument(
         "--out", default=None, help="CSV path (default: results/bench/dit_{variant}_b{batch}_t{threads}.csv)"
     )
+    add_shape_arguments(p)
     a = p.parse_args()
     for name in ("batch", "num_components", "threads", "repeats"):
         if getattr(a, name) < 1:
@@ -94,7 +95,9 @@ def main() -> None:
     nets, opts, spectrum = {}, {}, None
     for head in ("velocity", "gm"):
         torch.manual_seed(a.seed)
-        nets[head] = build_dit(a.variant, head, a.num_components, grad_checkpointing=a.grad_checkpointing)
+        nets[head] = build_dit(
+            a.variant, head, a.num_components, grad_checkpointing=a.grad_checkpointing, **shape_overrides(a)
+        )
         params = list(nets[head].parameters())
         if head == "gm" and a.spectral:
             spectrum = SpectrumMLP(nets[head].config.in_channels, base_size=max(nets[head].input_hw))
@@ -124,6 +127,7 @@ def main() -> None:
         rows.append(
             {
                 "variant": a.variant,
+                "patch_size": nets[head].config.patch_size,
                 "head": head,
                 "K": a.num_components if head == "gm" else 0,
                 "batch": a.batch,

@@ -24,7 +24,7 @@ import torch
 
 from gmflow.harness import registry
 from gmflow.harness.adapters import Counted, NetworkFn, model_fn
-from gmflow.harness.dit import DIT_VARIANTS, build_dit
+from gmflow.harness.dit import DIT_VARIANTS, add_shape_arguments, build_dit, shape_overrides
 from gmflow.harness.io import save_csv
 from gmflow.schedule import sigma_grid
 from gmflow.spectral import SpectrumMLP, spectral_x0_sampler
@@ -82,13 +82,14 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--out", required=True)
+    add_shape_arguments(p)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     substeps = int(a.substeps) if a.substeps.isdigit() else a.substeps
     rows = []
     for head in ("gm", "velocity"):
-        net = build_dit(a.variant, head, a.num_components).eval()
+        net = build_dit(a.variant, head, a.num_components, **shape_overrides(a)).eval()
         shape = (a.batch, net.config.in_channels, *net.input_hw)
         x = torch.randn(shape)
         y = torch.arange(a.batch) % net.config.num_classes
@@ -115,7 +116,8 @@ def main() -> None:
                     method = "gmflow" if head == "gm" else "fm"
                     overhead_s = time_solver(stub, method, guidance, scale, y if guided else None, x, solver, a.nfe,
                                              kwargs, a.repeats) / a.nfe
-                    rows.append({"variant": a.variant, "head": head, "K": a.num_components if head == "gm" else 0,
+                    rows.append({"variant": a.variant, "patch_size": net.config.patch_size, "head": head,
+                                 "K": a.num_components if head == "gm" else 0,
                                  "solver": solver, "guidance": guidance, "spectral": int(spectral), "nfe": a.nfe,
                                  "substeps": kwargs.get("substeps", 1), "batch": a.batch, "threads": a.threads,
                                  "forward_s": round(forward_s, 5), "overhead_s_per_nfe": round(overhead_s, 5),

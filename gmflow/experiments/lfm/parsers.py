@@ -38,7 +38,7 @@ def add_parsers(sub, fmt) -> None:
     s.add_argument("--patch-size", type=_positive_int, default=None,
                    help="images: DiT patch size, as the image runs' (default: the variant's)")
     s.add_argument("--dit-depth", type=_positive_int, default=None, help="images: DiT blocks (default: the variant's)")
-    s.add_argument("--dit-width", type=_positive_int, default=None, help="images: DiT hidden size (default: the variant's)")
+    s.add_argument("--dit-width", type=_positive_int, default=None, help="images: DiT width (default: the variant's)")
     s.add_argument("--num-heads", type=_positive_int, default=None, help="images: DiT heads (default: the variant's)")
     s.add_argument("--width", type=_positive_int, default=256, help="2D MLP width")
     s.add_argument("--depth", type=_positive_int, default=3, help="2D MLP depth")
