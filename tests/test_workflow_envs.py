@@ -145,10 +145,13 @@ def test_one_process_keeps_the_plain_command(tmp_path):
 
 def test_lfm_image_blocks_train_the_image_runs_network(tmp_path):
     """The DiT shape overrides of images.train reach every image trainer: the flow-matching and GMFlow runs and each
-    Local Flow Matching block train one network (a block of another shape would be a different baseline)."""
+    Local Flow Matching block train one network (a block of another shape would be a different baseline), and the
+    speed benchmarks time that network."""
     jobs = _dry_run(tmp_path, {}, images={"train": {"patch_size": 4, "num_heads": 1}})
     trainers = [shell for rule in ("train_images", "lfmi_train_block") for _, shell in jobs[rule]]
     assert len(jobs["lfmi_train_block"]) >= 3 and len(jobs["train_images"]) >= 2
     for shell in trainers:
         assert " --network dit-digits-tiny " in shell and " --patch-size 4 " in shell and " --num-heads 1 " in shell
         assert "--dit-depth" not in shell and "--dit-width" not in shell  # unset: the variant's
+    (_, bench), = jobs["bench_images"]  # the timing benchmarks time the trained network too
+    assert bench.count(" --patch-size 4 --num-heads 1 ") == 3, bench
