@@ -13,6 +13,7 @@ from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics
 from torch_fidelity.metric_kid import kernel_poly, kid_features_to_metric, mmd2
 from torch_fidelity.metric_prc import calculate_precision_recall_full, calculate_precision_recall_part
 
+from gmflow.harness import classifier as cl
 from gmflow.harness import data_images as di
 from gmflow.harness import features as fe
 from gmflow.harness import metrics_images as mi
@@ -259,9 +260,9 @@ def test_pixel_statistics_same_in_uint8_and_float_units():
 def digits_classifier(tmp_path_factory):
     x, y = di.load_digits("train")
     xt, yt = di.load_digits("test")
-    model, acc = fe.train_classifier(x, y, xt, yt, epochs=10, batch_size=64, seed=0)
+    model, acc = cl.train_classifier(x, y, xt, yt, epochs=10, batch_size=64, seed=0)
     path = tmp_path_factory.mktemp("clf") / "classifier-digits.safetensors"
-    fe.save_classifier(model, path, dataset="digits", test_accuracy=acc)
+    cl.save_classifier(model, path, dataset="digits", test_accuracy=acc)
     return model, acc, path
 
 
@@ -270,21 +271,21 @@ def test_classifier_trains_on_digits(digits_classifier):
     takes is a benchmark question, not a test: no wall-clock assertion here.)"""
     model, acc, path = digits_classifier
     assert acc > 0.90
-    loaded, meta = fe.load_classifier(path)
+    loaded, meta = cl.load_classifier(path)
     assert meta["dataset"] == "digits" and loaded.config() == model.config()
     xt, _ = di.load_digits("test")
     ext = fe.get_feature_extractor("classifier-digits", weights_path=path, batch_size=100)
     f = ext.features(xt)
     assert f.shape == (359, 128) and f.dtype == np.float32 and (f >= 0).all()
-    assert np.allclose(f, fe.ClassifierFeatures(model).features(xt), atol=1e-6)
+    assert np.allclose(f, cl.ClassifierFeatures(model).features(xt), atol=1e-6)
     assert np.allclose(f, ext.features(di.pad_images(xt, 12)), atol=1e-6)  # padded images are centre-cropped back
 
 
 def test_classifier_training_is_deterministic():
     x, y = di.load_digits("train")
     xt, yt = di.load_digits("test")
-    m1, a1 = fe.train_classifier(x[:300], y[:300], xt, yt, epochs=2, seed=3)
-    m2, a2 = fe.train_classifier(x[:300], y[:300], xt, yt, epochs=2, seed=3)
+    m1, a1 = cl.train_classifier(x[:300], y[:300], xt, yt, epochs=2, seed=3)
+    m2, a2 = cl.train_classifier(x[:300], y[:300], xt, yt, epochs=2, seed=3)
     assert a1 == a2 and all(
         torch.equal(p, q) for p, q in zip(m1.state_dict().values(), m2.state_dict().values(), strict=True)
     )
@@ -305,7 +306,7 @@ def test_feature_extractor_keys_cover_image_datasets():
 
 def test_two_stage_evaluation_round_trip(digits_classifier, tmp_path):
     model, *_ = digits_classifier
-    ext = fe.ClassifierFeatures(model, name="classifier-digits")
+    ext = cl.ClassifierFeatures(model, name="classifier-digits")
     x, _ = di.load_digits("train")
     xt, _ = di.load_digits("test")
     ref = mi.reference_statistics(mi.feature_set(x, ext))
@@ -326,7 +327,7 @@ def test_two_stage_evaluation_round_trip(digits_classifier, tmp_path):
 
 def test_class_consistency_is_the_classifier_accuracy_saved_in_stage_1(digits_classifier, tmp_path):
     model, *_ = digits_classifier
-    ext = fe.ClassifierFeatures(model, name="classifier-digits", batch_size=100)
+    ext = cl.ClassifierFeatures(model, name="classifier-digits", batch_size=100)
     xt, yt = di.load_digits("test")
     feats, classes = ext.features_and_classes(xt)
     assert np.array_equal(feats, ext.features(xt))
@@ -337,7 +338,7 @@ def test_class_consistency_is_the_classifier_accuracy_saved_in_stage_1(digits_cl
     ref = mi.load_feature_set(tmp_path / "ref.npz", extractor="classifier-digits")
     gen = mi.feature_set(xt[:200], ext, (yt[:200] + 1) % 10)  # images "conditioned" on the wrong class
     out, ci = mi.image_metrics_with_intervals(ref, gen, kid_subset_size=100, kid_subsets=5, num_resamples=50)
-    assert out["class_consistency_real"] == pytest.approx(fe.classifier_accuracy(model, xt, yt))
+    assert out["class_consistency_real"] == pytest.approx(cl.classifier_accuracy(model, xt, yt))
     assert out["class_consistency"] < 0.1 < 0.8 < out["class_consistency_real"]
     assert ci["class_consistency_real"][0] < out["class_consistency_real"] < ci["class_consistency_real"][1]
 
@@ -356,7 +357,7 @@ def test_torch_fidelity_calculate_metrics_uses_our_classifier(digits_classifier)
         feature_extractor="classifier-digits", feature_extractor_weights_path=str(path), kid_subset_size=300,
         kid_subsets=10, rng_seed=11, cache=False, save_cpu_ram=True, verbose=False, batch_size=500,
     )  # fmt: skip
-    ext = fe.ClassifierFeatures(model)
+    ext = cl.ClassifierFeatures(model)
     ours = mi.image_metrics(
         mi.feature_set(x, ext), mi.feature_set(xt, ext), kid_subset_size=300, kid_subsets=10, seed=11
     )

@@ -270,6 +270,21 @@ def to_unit_range(images: Tensor) -> Tensor:
     return images.float() / 127.5 - 1.0
 
 
+def check_uint8_images(images: Tensor | np.ndarray) -> Tensor:
+    """``images`` as a uint8 ``(N, C, H, W)`` tensor (a numpy array is wrapped); anything else is refused."""
+    if isinstance(images, np.ndarray):
+        images = torch.from_numpy(images)
+    if images.dtype != torch.uint8 or images.ndim != 4:
+        raise ValueError(f"expected uint8 images (N, C, H, W), got {tuple(images.shape)} {images.dtype}")
+    return images
+
+
+def batch_slices(n: int, batch_size: int):
+    """Slices of ``range(n)`` in order, ``batch_size`` long (the last one shorter)."""
+    for i in range(0, n, batch_size):
+        yield slice(i, min(i + batch_size, n))
+
+
 def to_uint8(x: Tensor) -> Tensor:
     """float ``[-1, 1]`` -> uint8, the inverse of ``to_unit_range``: ``round((x + 1) * 127.5)`` clipped to 0..255."""
     return ((x.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)

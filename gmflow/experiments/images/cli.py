@@ -99,8 +99,8 @@ def cmd_sample(a) -> None:
 
 
 def cmd_train_classifier(a) -> None:
+    from gmflow.harness.classifier import save_classifier, train_classifier
     from gmflow.harness.data_images import load_images_uint8
-    from gmflow.harness.features import save_classifier, train_classifier
 
     torch.set_num_threads(a.threads)
     x, y = load_images_uint8(a.dataset, "train", a.data_root)
