@@ -224,18 +224,30 @@ def save_csv(df, path: str | Path) -> None:
     os.replace(tmp, path)
 
 
+def read_benchmark(path: str | Path) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one Snakemake benchmark file (columns ``s`` and ``cpu_time``); the mean over
+    its rows when the job was repeated; CPU seconds are nan where the file has none."""
+    import csv
+
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    if not rows:
+        raise ValueError(f"{path}: empty benchmark file")
+    wall = sum(float(r["s"]) for r in rows) / len(rows)
+    cpu = sum(float(r.get("cpu_time") or "nan") for r in rows) / len(rows)
+    return wall, cpu
+
+
 def benchmark_span(bench_dir: str | Path, patterns: tuple[str, ...] = ("*",)) -> tuple[float, float, int]:
     """Snakemake per-job benchmark files ``{bench_dir}/{pattern}/*.tsv``: (sum of job seconds, wall span from the first
     job's start to the last job's end, job count). A job's end is its file's modification time, its start that minus
-    its seconds. ``(nan, nan, 0)`` when there is none."""
+    its seconds (:func:`read_benchmark`). ``(nan, nan, 0)`` when there is none."""
     import glob
-
-    import pandas as pd
 
     starts, ends, total = [], [], 0.0
     for pat in patterns:
         for path in glob.glob(os.path.join(str(bench_dir), pat, "*.tsv")):
-            s = float(pd.read_csv(path, sep="\t")["s"].iloc[0])
+            s = read_benchmark(path)[0]
             end = os.path.getmtime(path)
             starts.append(end - s)
             ends.append(end)

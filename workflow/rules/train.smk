@@ -17,6 +17,7 @@ rule train_2d:
         min_period=lambda w: run_option(w.run, "min_period"),
         t=lambda w: TOY["train"],
         out=lambda w: f"{RES}/2d/{w.dataset}/{w.run}",
+    priority: 30  # the input of every 2D sample set: start it before the short jobs
     threads: stage_threads("train")
     resources:
         **stage_resources("train"),

@@ -28,6 +28,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from gmflow.harness.io import read_benchmark
+
 SPLIT_FOLDERS = ("lfm", "lfm_images")  # folders whose file names start with the stage
 CHAIN_FOLDER = re.compile(r"lfm-[A-Za-z0-9-]+")  # the 2D chains of lfm.chains (their pools: lfm-{name}_pool)
 
@@ -38,17 +40,6 @@ def stage_of(path: Path, root: Path) -> str:
     if folder in SPLIT_FOLDERS or CHAIN_FOLDER.fullmatch(folder):
         return f"{folder}/{path.stem.split('_', 1)[0]}"
     return folder
-
-
-def read_benchmark(path: Path) -> tuple[float, float]:
-    """(wall seconds, cpu seconds) of one Snakemake benchmark file; the mean over its rows when repeated."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f, delimiter="\t"))
-    if not rows:
-        raise ValueError(f"{path}: empty benchmark file")
-    wall = sum(float(r["s"]) for r in rows) / len(rows)
-    cpu = sum(float(r.get("cpu_time") or "nan") for r in rows) / len(rows)
-    return wall, cpu
 
 
 def summarise(root: Path, since: float) -> list[dict]:
