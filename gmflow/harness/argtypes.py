@@ -48,6 +48,24 @@ def substeps(s: str) -> str | int:
     return v
 
 
+DIT_SHAPE_FLAGS = (("patch_size", "--patch-size", "patch size"), ("depth", "--dit-depth", "blocks"),
+                   ("width", "--dit-width", "hidden size"), ("num_heads", "--num-heads", "heads"))
+"""A DiT's shape overrides (DiTConfig field, command-line flag, what it sets): the image trainer's, the LFM image
+blocks', the speed benchmarks' and the workflow's one table."""
+
+
+def add_dit_shape_args(s: argparse.ArgumentParser, help_prefix: str = "") -> None:
+    """``--patch-size``, ``--dit-depth``, ``--dit-width``, ``--num-heads`` (positive; None keeps the variant's)."""
+    for _, flag, what in DIT_SHAPE_FLAGS:
+        s.add_argument(flag, type=positive_int, default=None, help=f"{help_prefix}DiT {what} (default: the variant's)")
+
+
+def dit_shape_overrides(a: argparse.Namespace) -> dict:
+    """The DiTConfig fields set by :func:`add_dit_shape_args`'s flags (the unset ones left out)."""
+    given = {field: getattr(a, flag[2:].replace("-", "_")) for field, flag, _ in DIT_SHAPE_FLAGS}
+    return {k: v for k, v in given.items() if v is not None}
+
+
 def device_name(s: str) -> str:
     """A device setting: auto, cpu, cuda, cuda:N or mps."""
     from gmflow.harness.devices import check_device_name

@@ -382,21 +382,6 @@ def build_dit(
     return DiT(replace(DIT_VARIANTS[name], **overrides), head, num_components, grad_checkpointing)
 
 
-def add_shape_arguments(parser) -> None:
-    """The DiT shape overrides of the image trainer's command line (``--patch-size``, ``--dit-depth``,
-    ``--dit-width``, ``--num-heads``; None keeps the variant's), for tools that build the trained network."""
-    for flag, what in (("--patch-size", "patch size"), ("--dit-depth", "blocks"), ("--dit-width", "hidden size"),
-                       ("--num-heads", "heads")):
-        parser.add_argument(flag, type=int, default=None, help=f"DiT {what} (default: the variant's)")
-
-
-def shape_overrides(args) -> dict:
-    """The DiTConfig fields set by :func:`add_shape_arguments`'s flags (the unset ones left out)."""
-    given = {"patch_size": args.patch_size, "depth": args.dit_depth, "width": args.dit_width,
-             "num_heads": args.num_heads}
-    return {k: v for k, v in given.items() if v is not None}
-
-
 def count_parameters(module: nn.Module) -> int:
     """Number of parameters (buffers such as the fixed position embedding are not counted)."""
     return sum(p.numel() for p in module.parameters())

@@ -10,6 +10,7 @@ sys.path.insert(0, workflow.basedir)
 from gmflow.experiments.config import validate_config
 from gmflow.experiments.images.sweeps import TAG_PATTERN, image_points, parse_tag, run_setting, seed_twins
 from gmflow.harness import registry
+from gmflow.harness.argtypes import DIT_SHAPE_FLAGS
 
 validate_config(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml")
 
@@ -71,8 +72,8 @@ TRAIN = train_launcher()
 def dit_opts():
     """The image runs' DiT shape overrides (images.train: patch_size, depth, width, num_heads) as CLI flags; the LFM
     image blocks take the same, so every image method trains one network."""
-    flags = [("patch_size", "patch-size"), ("depth", "dit-depth"), ("width", "dit-width"), ("num_heads", "num-heads")]
-    return " ".join(opt(f"--{flag}", IMG["train"][key]) for key, flag in flags if IMG["train"].get(key) is not None)
+    given = [(flag, IMG["train"].get(key)) for key, flag, _ in DIT_SHAPE_FLAGS]
+    return " ".join(opt(flag, value) for flag, value in given if value is not None)
 
 
 def official_runs():

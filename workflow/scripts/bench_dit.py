@@ -24,7 +24,8 @@ import time
 import torch
 
 from baselines.fm import fm_loss, fm_pair
-from gmflow.harness.dit import DIT_VARIANTS, add_shape_arguments, build_dit, count_parameters, shape_overrides
+from gmflow.harness.argtypes import add_dit_shape_args, dit_shape_overrides
+from gmflow.harness.dit import DIT_VARIANTS, build_dit, count_parameters
 from gmflow.loss import sample_transition_pair, transition_loss
 from gmflow.spectral import SpectrumMLP, spectral_training_loss
 
@@ -82,7 +83,7 @@ def main() -> None:
     p.add_argument(
         "--out", default=None, help="CSV path (default: results/bench/dit_{variant}_b{batch}_t{threads}.csv)"
     )
-    add_shape_arguments(p)
+    add_dit_shape_args(p)
     a = p.parse_args()
     for name in ("batch", "num_components", "threads", "repeats"):
         if getattr(a, name) < 1:
@@ -96,7 +97,7 @@ def main() -> None:
     for head in ("velocity", "gm"):
         torch.manual_seed(a.seed)
         nets[head] = build_dit(
-            a.variant, head, a.num_components, grad_checkpointing=a.grad_checkpointing, **shape_overrides(a)
+            a.variant, head, a.num_components, grad_checkpointing=a.grad_checkpointing, **dit_shape_overrides(a)
         )
         params = list(nets[head].parameters())
         if head == "gm" and a.spectral:

@@ -24,7 +24,8 @@ import torch
 
 from gmflow.harness import registry
 from gmflow.harness.adapters import Counted, NetworkFn, model_fn
-from gmflow.harness.dit import DIT_VARIANTS, add_shape_arguments, build_dit, shape_overrides
+from gmflow.harness.argtypes import add_dit_shape_args, dit_shape_overrides
+from gmflow.harness.dit import DIT_VARIANTS, build_dit
 from gmflow.harness.io import save_csv
 from gmflow.schedule import sigma_grid
 from gmflow.spectral import SpectrumMLP, spectral_x0_sampler
@@ -82,14 +83,14 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--out", required=True)
-    add_shape_arguments(p)
+    add_dit_shape_args(p)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     substeps = int(a.substeps) if a.substeps.isdigit() else a.substeps
     rows = []
     for head in ("gm", "velocity"):
-        net = build_dit(a.variant, head, a.num_components, **shape_overrides(a)).eval()
+        net = build_dit(a.variant, head, a.num_components, **dit_shape_overrides(a)).eval()
         shape = (a.batch, net.config.in_channels, *net.input_hw)
         x = torch.randn(shape)
         y = torch.arange(a.batch) % net.config.num_classes

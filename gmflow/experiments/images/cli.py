@@ -37,9 +37,11 @@ import torch
 
 from gmflow.harness import io, registry
 from gmflow.harness.argtypes import (
+    add_dit_shape_args,
     add_sampling_args,
     add_training_args,
     args_record,
+    dit_shape_overrides,
     nonneg_int,
     positive_int,
     ranged,
@@ -56,7 +58,7 @@ def cmd_train(a) -> None:
     torch.set_num_threads(a.threads)
     cfg = train_config(a, spectral_weight=a.spectral_weight, snapshot_steps=tuple(a.snapshot_steps),
                        label_dropout=a.label_dropout)
-    dit = {"patch_size": a.patch_size, "depth": a.dit_depth, "width": a.dit_width, "num_heads": a.num_heads}
+    dit = dit_shape_overrides(a)
     spec = network_spec(a.dataset, a.network, a.method, a.num_components, spectral=a.spectral, dit=dit,
                         data_root=a.data_root)
     io.check_output_path(Path(a.out) / "run.json")
@@ -228,10 +230,7 @@ def add_parsers(sub, fmt) -> None:
     s = cmds.add_parser("train", help="train GMFlow or flow matching on an image dataset", formatter_class=fmt)
     s.add_argument("--dataset", choices=registry.CLASS_IMAGE_DATASETS, required=True)
     s.add_argument("--network", choices=registry.IMAGE_NETWORKS, required=True)
-    s.add_argument("--patch-size", type=positive_int, default=None, help="DiT patch size (default: the variant's)")
-    s.add_argument("--dit-depth", type=positive_int, default=None, help="DiT blocks (default: the variant's)")
-    s.add_argument("--dit-width", type=positive_int, default=None, help="DiT hidden size (default: the variant's)")
-    s.add_argument("--num-heads", type=positive_int, default=None, help="DiT heads (default: the variant's)")
+    add_dit_shape_args(s)
     s.add_argument("--label-dropout", type=ranged("label_dropout"), default=0.1,
                    help="probability of the null class (unconditional datasets such as cifar10 have none)")
     s.add_argument("--spectral", action="store_true", help="also train the SpectrumMLP (GMFlow)")

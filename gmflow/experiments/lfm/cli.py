@@ -53,6 +53,7 @@ from gmflow.experiments.lfm.chain import (
     table_record,
 )
 from gmflow.harness import io
+from gmflow.harness.argtypes import DIT_SHAPE_FLAGS, dit_shape_overrides
 from gmflow.harness.argtypes import args_record as _args
 from gmflow.harness.datasets import dataset_info
 from gmflow.harness.runs import network_spec
@@ -70,10 +71,10 @@ def _net_spec(a, info) -> dict:
     if a.network is None and len(info.networks) > 1:
         raise ValueError(f"dataset {a.dataset!r} needs --network, one of {list(info.networks)}")
     network = a.network or info.networks[0]
-    dit = {"patch_size": a.patch_size, "depth": a.dit_depth, "width": a.dit_width, "num_heads": a.num_heads}
-    given = sorted(f"--{k.replace('_', '-')}" for k, v in dit.items() if v is not None)
+    dit = dit_shape_overrides(a)
     if network == "mlp2d":
-        if given:
+        if dit:
+            given = [flag for field, flag, _ in DIT_SHAPE_FLAGS if field in dit]
             raise ValueError(f"{given} set a DiT's shape; dataset {a.dataset!r} uses the 2D MLP (--width, --depth)")
         spec = network_spec(a.dataset, network, "fm", 0, width=a.width, depth=a.depth, min_period=a.min_period)
     else:

@@ -6,10 +6,10 @@ import argparse
 
 from gmflow.experiments.lfm import cli
 from gmflow.experiments.lfm.chain import RUN, SAMPLE_SOLVERS
+from gmflow.harness.argtypes import add_dit_shape_args, ranged
 from gmflow.harness.argtypes import nonneg_int as _nonneg_int
 from gmflow.harness.argtypes import positive_float as _positive_float
 from gmflow.harness.argtypes import positive_int as _positive_int
-from gmflow.harness.argtypes import ranged
 
 
 def add_parsers(sub, fmt) -> None:
@@ -35,11 +35,7 @@ def add_parsers(sub, fmt) -> None:
     s.add_argument("--init-from", default=None, help="warm start: block n-1's ema.safetensors")
     s.add_argument("--interpolant", choices=sorted(INTERPOLANTS), default="linear")
     s.add_argument("--network", default=None, help="image datasets: the DiT variant (velocity head)")
-    s.add_argument("--patch-size", type=_positive_int, default=None,
-                   help="images: DiT patch size, as the image runs' (default: the variant's)")
-    s.add_argument("--dit-depth", type=_positive_int, default=None, help="images: DiT blocks (default: the variant's)")
-    s.add_argument("--dit-width", type=_positive_int, default=None, help="images: DiT width (default: the variant's)")
-    s.add_argument("--num-heads", type=_positive_int, default=None, help="images: DiT heads (default: the variant's)")
+    add_dit_shape_args(s, help_prefix="images, as the image runs': ")
     s.add_argument("--width", type=_positive_int, default=256, help="2D MLP width")
     s.add_argument("--depth", type=_positive_int, default=3, help="2D MLP depth")
     s.add_argument("--min-period", type=ranged("min_period"), default=None,
