@@ -1,5 +1,5 @@
 """Unconditional CIFAR-10 (the paper's Table 5): the binary-version reader, the U-Net's GM and velocity heads, the
-stages through the CLI on synthetic data, and (marked workflow) the smoke configuration through the DAG."""
+stages through the CLI on synthetic data, and (marked slow) the smoke configuration through the DAG."""
 
 import json
 import math
@@ -255,8 +255,7 @@ def test_heldout_nll_of_an_unconditional_run(smoke, tmp_path):
 # ------------------------------------------------------------------------------------------------------- the DAG
 
 
-@pytest.mark.slow  # TF-Inception on 350 images dominates: minutes on 2 cores (run with -m slow or -m workflow)
-@pytest.mark.workflow
+@pytest.mark.slow  # TF-Inception on 350 images dominates: minutes on 2 cores (run with -m slow)
 def test_smoke_config_runs_through_the_dag(tmp_path):
     results, data = tmp_path / "results", tmp_path / "synthetic data"  # a space: every path is quoted
     assert cli(["images", "synthetic-cifar10", "--out", str(data), "--num-train", "60", "--num-test", "20"]) == 0

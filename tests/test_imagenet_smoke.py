@@ -35,7 +35,6 @@ def smoke(tmp_path_factory):
     return results
 
 
-@pytest.mark.workflow
 @pytest.mark.slow  # the whole latent path through the DAG: about a minute here; run with -m slow
 def test_latent_cache(smoke):
     from gmflow.harness.data_latents import load_latent_cache
@@ -47,7 +46,6 @@ def test_latent_cache(smoke):
     assert spec["num_classes"] == 4 and spec["sample_shape"] == [4, 4, 4] and spec["latents"]["vae_sha1"]
 
 
-@pytest.mark.workflow
 @pytest.mark.slow  # the whole latent path through the DAG: about a minute here; run with -m slow
 def test_decoded_sample_sets_and_metrics(smoke):
     cfg = yaml.safe_load(open(ROOT / "config/imagenet-smoke.yaml"))["images"]

@@ -1,4 +1,7 @@
-"""The CI configuration's DAG runs end to end; one rule can be rerun alone; a bad config fails before any job."""
+"""The CI configuration's DAG runs end to end; one rule can be rerun alone; a bad config fails before any job.
+
+The DAG's tests (marker ``workflow``, about 8 minutes on 2 cores) run apart from the default selection:
+``bash scripts/run_tests.sh -m workflow``; CI runs both."""
 
 import json
 import os
@@ -84,7 +87,6 @@ def test_single_rule_reruns_alone(ci_results):
     assert os.path.getmtime(target) > before
 
 
-@pytest.mark.workflow
 def test_bad_config_fails_before_any_job(tmp_path):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     cmd = [*SNAKEMAKE, "--cores", "1", "--dry-run", "--configfile", "config/ci.yaml", "--config",
