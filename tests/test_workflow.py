@@ -1,6 +1,6 @@
 """The CI configuration's DAG runs end to end; one rule can be rerun alone; a bad config fails before any job.
 
-The DAG's tests (marker ``workflow``, about 8 minutes on 2 cores) run apart from the default selection:
+The DAG's tests (marker ``workflow``, about 9 minutes on 2 cores) run apart from the default selection:
 ``bash scripts/run_tests.sh -m workflow``; CI runs both."""
 
 import json
