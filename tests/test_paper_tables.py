@@ -223,6 +223,8 @@ def test_table4_matching_and_directions(tables):
     assert claim(tables, "spectral sampling lowers").agrees is False  # A1 10 vs A2 7.5
     assert claim(tables, "analytic sub-steps").agrees is True
     assert math.isnan(claim(tables, "the transition loss").agrees)
+    assert claim(tables, "the transition loss").ours == "NFE 8: A0 8 vs A5 not run"
+    assert claim(tables, "spectral sampling lowers").ours == "NFE 8: A1 10 vs A2 7.5"
 
 
 def test_table4_nfe_fallback_names_the_nfe():
